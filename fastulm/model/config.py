@@ -1,0 +1,80 @@
+"""The AWD-LSTM configuration, with the reference's language-model and classifier defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# fastai 2.8.12 awd_lstm_lm_config / awd_lstm_clas_config (dropouts before drop_mult).
+_LM_DROPS = dict(output_p=0.1, hidden_p=0.15, input_p=0.25, embed_p=0.02, weight_p=0.2)
+_CLAS_DROPS = dict(output_p=0.4, hidden_p=0.3, input_p=0.4, embed_p=0.05, weight_p=0.5)
+DROPOUT_FIELDS = ("hidden_p", "input_p", "embed_p", "weight_p", "output_p")
+
+
+@dataclass
+class AWDLSTMConfig:
+    """Sizes, dropouts and chunking of an AWD-LSTM model.
+
+    The ``*_p`` fields are the dropouts after ``drop_mult`` scaling. ``head_ps`` (the
+    classifier head's inner dropouts) are not scaled, as in the reference.
+    """
+
+    emb_sz: int = 400
+    n_hid: int = 1152
+    n_layers: int = 3
+    pad_token: int = 1
+    hidden_p: float = _LM_DROPS["hidden_p"]
+    input_p: float = _LM_DROPS["input_p"]
+    embed_p: float = _LM_DROPS["embed_p"]
+    weight_p: float = _LM_DROPS["weight_p"]
+    output_p: float = _LM_DROPS["output_p"]
+    bptt: int = 72
+    max_len: int | None = 72 * 20
+    checkpoint: bool = False
+    lin_ftrs: tuple[int, ...] = field(default=(50,))
+    head_ps: tuple[float, ...] = field(default=(0.1,))
+
+    @classmethod
+    def lm(cls, drop_mult: float = 1.0, **overrides: Any) -> AWDLSTMConfig:
+        """fastai's language-model defaults; overrides are applied before scaling, as fastai does."""
+        return cls(**{**_LM_DROPS, **overrides}).scaled(drop_mult)
+
+    @classmethod
+    def classifier(cls, drop_mult: float = 1.0, **overrides: Any) -> AWDLSTMConfig:
+        """fastai's classifier defaults; overrides are applied before scaling, as fastai does."""
+        return cls(**{**_CLAS_DROPS, **overrides}).scaled(drop_mult)
+
+    def scaled(self, drop_mult: float) -> AWDLSTMConfig:
+        """A copy with every encoder/output dropout multiplied by ``drop_mult``."""
+        if drop_mult == 1.0:
+            return dataclasses.replace(self)
+        return dataclasses.replace(
+            self, **{k: getattr(self, k) * drop_mult for k in DROPOUT_FIELDS}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lin_ftrs"], d["head_ps"] = list(self.lin_ftrs), list(self.head_ps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AWDLSTMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for k in ("lin_ftrs", "head_ps"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def resolve_config(
+    config: AWDLSTMConfig | None, default: str, overrides: dict[str, Any]
+) -> AWDLSTMConfig:
+    """Build the config a model factory uses: defaults or ``config``, then overrides/drop_mult."""
+    overrides = dict(overrides)
+    drop_mult = overrides.pop("drop_mult", 1.0)
+    if config is None:
+        factory = AWDLSTMConfig.lm if default == "lm" else AWDLSTMConfig.classifier
+        return factory(drop_mult, **overrides)
+    return dataclasses.replace(config, **overrides).scaled(drop_mult)
