@@ -1,7 +1,213 @@
-"""PLACEHOLDER (torch only) until the chunked kernel lands: same signature."""
+"""Linear layer + cross-entropy in row chunks: the LM decoder's loss without full logits.
+
+At bs 48 x bptt 70 x vocab 60k the decoder's logits are ~800 MB in fp32 and autograd keeps
+them plus their gradient of the same size. Here the rows go through in chunks of at most
+~``FASTULM_CE_CHUNK_MB`` MB of logits (default 128): each chunk's logits are turned in place
+into their gradient ``(softmax - onehot) / n_valid``, which is multiplied straight into
+``grad_x``, ``grad_W`` and ``grad_b`` (fp32 accumulators), and dropped. The gradients are
+computed in the forward (as Liger-Kernel's fused linear cross-entropy does) when autograd
+needs them, so the whole step costs the three matmuls of the unfused version and the backward
+only scales them by the incoming gradient. The accuracy count comes out of the same pass.
+
+The per-chunk softmax/CE step is a Triton kernel (one program per row, an online
+max/log-sum-exp over vocab blocks, then the gradient written over the logits) or the same
+maths in in-place torch ops. :func:`linear_cross_entropy_reference` is the unfused formula.
+Under autocast the matmuls run in the autocast dtype and the softmax in fp32, as autocast does
+for ``linear`` + ``cross_entropy``.
+"""
+
+from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
+from fastulm.kernels.dispatch import INTERPRET, next_pow2, tl, triton, use_triton
+
+if triton is not None:
+
+    @triton.jit
+    def _ce_chunk_kernel(
+        z_ptr,
+        stride_z,
+        target_ptr,
+        loss_ptr,
+        correct_ptr,
+        V,
+        ignore_index,
+        inv_n,
+        WRITE_GRAD: tl.constexpr,
+        BLOCK_V: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        z_row = z_ptr + row.to(tl.int64) * stride_z
+        tgt = tl.load(target_ptr + row).to(tl.int32)
+        valid = tgt != ignore_index
+        m = float("-inf")
+        s = 0.0
+        best = 0
+        for v0 in range(0, V, BLOCK_V):
+            offs = v0 + tl.arange(0, BLOCK_V)
+            z = tl.load(z_row + offs, mask=offs < V, other=0.0).to(tl.float32)
+            z = tl.where(offs < V, z, float("-inf"))
+            block_max = tl.max(z, axis=0)
+            block_arg = tl.argmax(z, axis=0).to(tl.int32)
+            best = tl.where(block_max > m, v0 + block_arg, best)  # first maximum wins
+            m_new = tl.maximum(m, block_max)
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
+            m = m_new
+        lse = m + tl.log(s)
+        z_t = tl.load(z_row + tl.where(valid, tgt, 0)).to(tl.float32)
+        tl.store(loss_ptr + row, tl.where(valid, lse - z_t, 0.0))
+        tl.store(correct_ptr + row, (valid & (best == tgt)).to(tl.int32))
+        if WRITE_GRAD:
+            scale = tl.where(valid, inv_n, 0.0)
+            for v0 in range(0, V, BLOCK_V):
+                offs = v0 + tl.arange(0, BLOCK_V)
+                z = tl.load(z_row + offs, mask=offs < V, other=0.0).to(tl.float32)
+                g = tl.exp(z - lse)
+                g = tl.where(offs == tgt, g - 1.0, g) * scale
+                tl.store(z_row + offs, g.to(z_ptr.dtype.element_ty), mask=offs < V)
+
+
+def _ce_chunk_triton(z, target, loss, correct, ignore_index, inv_n, write_grad):
+    rows, V = z.shape
+    block_v = min(next_pow2(V), 8192 if INTERPRET else 4096)
+    _ce_chunk_kernel[(rows,)](
+        z,
+        z.stride(0),
+        target,
+        loss,
+        correct,
+        V,
+        ignore_index,
+        inv_n,
+        WRITE_GRAD=write_grad,
+        BLOCK_V=block_v,
+        num_warps=1 if INTERPRET else 8,
+    )
+    return z
+
+
+def _ce_chunk_torch(z, target, loss, correct, ignore_index, inv_n, write_grad):
+    """Same maths as the kernel with in-place ops: at most one fp32 copy of the chunk."""
+    valid = target != ignore_index
+    safe_t = torch.where(valid, target, 0)
+    rows = torch.arange(z.shape[0], device=z.device)
+    zf = z.float()  # z itself when fp32: its buffer becomes the gradient
+    correct.copy_(valid & (zf.argmax(dim=1) == target))
+    z_t = zf[rows, safe_t]
+    m = zf.amax(dim=1, keepdim=True)
+    zf.sub_(m).exp_()
+    s = zf.sum(dim=1, keepdim=True)
+    loss.copy_(torch.where(valid, s.squeeze(1).log() + m.squeeze(1) - z_t, 0.0))
+    if not write_grad:
+        return z
+    zf.div_(s)
+    zf[rows, safe_t] -= 1.0
+    zf.mul_(torch.where(valid, inv_n, 0.0)[:, None])
+    if zf.data_ptr() != z.data_ptr():
+        z.copy_(zf)
+    return z
+
+
+def chunk_rows_for(vocab: int) -> int:
+    """Rows per chunk so one chunk's fp32 logits stay under FASTULM_CE_CHUNK_MB (default 128)."""
+    budget = float(os.environ.get("FASTULM_CE_CHUNK_MB", "128")) * 2**20
+    return max(1, int(budget // (4 * vocab)))
+
+
+@torch.library.custom_op("fastulm::linear_cross_entropy", mutates_args=())
+def _lce_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    ignore_index: int,
+    compute_grad: bool,
+    chunk_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    N, D = x.shape
+    V = weight.shape[0]
+    if weight.shape[1] != D or target.shape != (N,) or (bias is not None and bias.shape != (V,)):
+        raise ValueError(
+            f"linear_cross_entropy: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
+            f"bias {None if bias is None else tuple(bias.shape)}, target {tuple(target.shape)} "
+            "do not fit x[N,D] @ weight[V,D].T + bias[V] against target[N]"
+        )
+    valid = target != ignore_index
+    bad = valid & ((target < 0) | (target >= V))
+    if bool(bad.any()):
+        value = int(target[bad][0])
+        raise ValueError(f"linear_cross_entropy: target {value} outside [0, {V})")
+    n_valid = int(valid.sum())
+    inv_n = 1.0 / max(n_valid, 1)
+    triton_path = use_triton(x.device)
+    step = _ce_chunk_triton if triton_path else _ce_chunk_torch
+    target = target.contiguous()
+    loss_rows = torch.empty(N, dtype=torch.float32, device=x.device)
+    correct = torch.empty(N, dtype=torch.int32, device=x.device)
+    empty = x.new_empty(0)
+    if compute_grad:
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros(V, D, dtype=torch.float32, device=x.device)
+        grad_b = None if bias is None else torch.zeros(V, dtype=torch.float32, device=x.device)
+    with torch.autocast(x.device.type, enabled=False):
+        for s in range(0, N, chunk_rows):
+            e = min(s + chunk_rows, N)
+            xc = x[s:e]
+            z = xc @ weight.t() if bias is None else torch.addmm(bias, xc, weight.t())
+            z = step(
+                z, target[s:e], loss_rows[s:e], correct[s:e], ignore_index, inv_n, compute_grad
+            )
+            if compute_grad:  # z now holds d loss / d logits for these rows
+                torch.mm(z, weight, out=grad_x[s:e])
+                if z.dtype == torch.float32:
+                    grad_w.addmm_(z.t(), xc)
+                else:  # fp32 accumulation of a low-precision product
+                    grad_w.add_(z.t() @ xc)
+                if grad_b is not None:
+                    grad_b.add_(z.sum(dim=0, dtype=torch.float32))
+            del z
+    loss = loss_rows.sum() / n_valid if n_valid else loss_rows.sum() * float("nan")
+    n_correct = correct.sum(dtype=torch.int64)
+    if not compute_grad:
+        return loss, n_correct, empty, empty, empty
+    grad_b = empty if grad_b is None else grad_b.to(weight.dtype)
+    return loss, n_correct, grad_x, grad_w.to(weight.dtype), grad_b
+
+
+@_lce_op.register_fake
+def _(x, weight, bias, target, ignore_index, compute_grad, chunk_rows):
+    loss = x.new_empty((), dtype=torch.float32)
+    n_correct = x.new_empty((), dtype=torch.int64)
+    empty = x.new_empty(0)
+    if not compute_grad:
+        return loss, n_correct, empty, empty, empty
+    grad_b = empty if bias is None else torch.empty_like(bias)
+    return loss, n_correct, torch.empty_like(x), torch.empty_like(weight), grad_b
+
+
+def _setup_context(ctx, inputs, output):
+    if not inputs[5]:
+        ctx.save_for_backward(None, None, None)
+        ctx.has_bias = False
+        return
+    ctx.has_bias = inputs[2] is not None
+    ctx.save_for_backward(*output[2:])
+
+
+def _backward(ctx, grad_loss, _g_correct, _g_gx, _g_gw, _g_gb):
+    grad_x, grad_w, grad_b = ctx.saved_tensors
+    if grad_x is None:
+        raise RuntimeError("linear_cross_entropy: backward through a call made without grad")
+    g = grad_loss.to(torch.float32)
+    out_b = (grad_b * g).to(grad_b.dtype) if ctx.has_bias else None
+    out_x, out_w = (grad_x * g).to(grad_x.dtype), (grad_w * g).to(grad_w.dtype)
+    return out_x, out_w, out_b, None, None, None, None
+
+
+_lce_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def linear_cross_entropy(
@@ -10,11 +216,35 @@ def linear_cross_entropy(
     bias: torch.Tensor | None,
     target: torch.Tensor,
     ignore_index: int = -100,
+    chunk_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy of ``x @ weight.T + bias`` against ``target``, and the count of
-    correct argmax predictions (an int64 tensor), without keeping the full logits."""
+    """Mean cross-entropy of ``x @ weight.T + bias`` against ``target`` (fp32 scalar, over the
+    non-ignored rows) and the number of rows whose argmax is the target (int64 scalar), without
+    ever holding the full ``[N, V]`` logits or their gradient."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    rows = chunk_rows or chunk_rows_for(weight.shape[0])
+    loss, n_correct, *_ = _lce_op(
+        x.contiguous(), weight, bias, target, int(ignore_index), bool(needs_grad), int(rows)
+    )
+    return loss, n_correct
+
+
+def linear_cross_entropy_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unfused formula (full logits in memory): the exact reference for tests."""
     logits = F.linear(x, weight, bias)
     loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
-    valid = target != ignore_index
-    n_correct = ((logits.argmax(-1) == target) & valid).sum()
+    n_correct = ((logits.argmax(dim=-1) == target) & (target != ignore_index)).sum()
     return loss, n_correct

@@ -1,12 +1,126 @@
-"""PLACEHOLDER (torch only) until the Triton kernel lands: same signature."""
+"""DropConnect on a weight matrix with a mask that is never stored.
 
+AWD-LSTM drops entries of each layer's hidden-to-hidden weight once per forward. fastai keeps
+the dropped copy and autograd keeps dropout's mask; here the mask is a pure function of
+``(seed, shape, device)``: the forward and the backward both regenerate it from the seed, so the
+op saves nothing for backward. The caller draws ``seed`` from torch's default generator, which
+activation checkpointing replays, so a recomputed forward gets the same mask.
+
+- Triton path: ``tl.rand(seed, offset)`` (Philox 4x32, 10 rounds) per element. Philox is plain
+  Triton code, so the interpreter on a CPU and a CUDA GPU give the same mask for the same seed;
+  :func:`philox_uniform_reference` is the same stream in numpy, for tests.
+- torch path: ``bernoulli_`` with a ``torch.Generator`` seeded with ``seed`` (fast on a CPU;
+  deterministic in the seed, but a different stream from Triton's).
+"""
+
+from __future__ import annotations
+
+import numpy as np
 import torch
+from fastulm.kernels.dispatch import INTERPRET, tl, triton, use_triton
+
+if triton is not None:
+
+    @triton.jit
+    def _weight_drop_kernel(x_ptr, out_ptr, n, seed, p, scale, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < n
+        keep = tl.rand(seed, offs) >= p
+        x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        y = tl.where(keep, x * scale, 0.0)
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def _apply_triton(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    n = x.numel()
+    block = 4096 if INTERPRET else 1024
+    _weight_drop_kernel[(triton.cdiv(n, block),)](x, out, n, seed, p, 1.0 / (1.0 - p), BLOCK=block)
+    return out
+
+
+def _apply_torch(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(
+        1.0 - p, generator=gen
+    )
+    out = x * (1.0 / (1.0 - p))
+    return out.mul_(keep)
+
+
+def _check(p: float, seed: int) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"weight_drop: p must be in [0, 1), got {p}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"weight_drop: seed must be in [0, 2**63), got {seed}")
+
+
+@torch.library.custom_op("fastulm::weight_drop", mutates_args=())
+def _weight_drop_op(weight: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    _check(p, seed)
+    if weight.numel() >= 2**31:
+        raise ValueError("weight_drop: tensors of 2**31 elements or more are not supported")
+    if use_triton(weight.device):
+        return _apply_triton(weight, p, seed)
+    return _apply_torch(weight, p, seed)
+
+
+@_weight_drop_op.register_fake
+def _(weight, p, seed):
+    return torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.p, ctx.seed = inputs[1], inputs[2]
+
+
+def _backward(ctx, grad):
+    # the gradient goes through the same mask and scale: regenerate it from the seed
+    return _weight_drop_op(grad, ctx.p, ctx.seed), None, None
+
+
+_weight_drop_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def weight_drop(weight: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """DropConnect on a weight matrix; the mask is a pure function of ``seed``."""
+    """DropConnect: ``weight * mask / (1 - p)``, the mask a pure function of (seed, shape, device).
+
+    ``p == 0`` returns ``weight`` itself. Keeps the weight's dtype.
+    """
+    _check(p, seed)
     if p == 0.0:
         return weight
-    g = torch.Generator(device=weight.device).manual_seed(seed)
-    keep = torch.rand(weight.shape, generator=g, device=weight.device) >= p
-    return weight * keep / (1 - p)
+    return _weight_drop_op(weight, float(p), int(seed))
+
+
+def weight_drop_reference(weight: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
+    """Plain dropout with a given keep mask (what ``F.dropout`` computes): the tests' oracle."""
+    return weight * keep.to(weight.dtype) / (1.0 - p)
+
+
+_PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+_PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+_M32 = 0xFFFFFFFF
+
+
+def philox_uniform_reference(seed: int, n: int) -> np.ndarray:
+    """float32 [n]: what ``tl.rand(seed, arange(n))`` returns, written independently in numpy."""
+    c0 = np.arange(n, dtype=np.uint64)
+    c1 = np.zeros(n, dtype=np.uint64)
+    c2 = np.zeros(n, dtype=np.uint64)
+    c3 = np.zeros(n, dtype=np.uint64)
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    a, b = np.uint64(_PHILOX_ROUND_A), np.uint64(_PHILOX_ROUND_B)
+    for _ in range(10):
+        prod_b = b * c2  # < 2**64: exact in uint64
+        prod_a = a * c0
+        c0 = (prod_b >> np.uint64(32)) ^ c1 ^ np.uint64(k0)
+        c2 = (prod_a >> np.uint64(32)) ^ c3 ^ np.uint64(k1)
+        c1 = prod_b & np.uint64(_M32)
+        c3 = prod_a & np.uint64(_M32)
+        k0 = (k0 + _PHILOX_KEY_A) & _M32
+        k1 = (k1 + _PHILOX_KEY_B) & _M32
+    signed = c0.astype(np.uint32).view(np.int32).astype(np.int64)
+    signed = np.where(signed < 0, -signed - 1, signed)
+    return signed.astype(np.float32) * np.float32(4.6566127342e-10)

@@ -1,0 +1,57 @@
+"""Which implementation an op runs: the Triton kernel or the memory-lean torch path.
+
+``FASTULM_KERNELS`` (read at every call, so tests can switch it) is ``triton``, ``torch`` or
+``auto`` (the default: Triton on CUDA tensors, torch on the CPU). Triton on CPU tensors runs in
+the interpreter, which Triton only enables for kernels decorated while ``TRITON_INTERPRET=1``
+is set: when the process asks for ``triton`` and has no GPU, this module sets it before the
+op modules decorate their kernels. Triton is imported gracefully so that ``fastulm.kernels``
+imports where it is absent (macOS, Windows); the torch paths then serve every device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_CHOICES = ("auto", "triton", "torch")
+
+if os.environ.get("FASTULM_KERNELS", "auto") == "triton" and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+try:
+    import triton
+    import triton.language as tl
+except Exception:  # ImportError, or a broken install on an unsupported platform
+    triton = None
+    tl = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def setting() -> str:
+    value = os.environ.get("FASTULM_KERNELS", "auto").strip().lower() or "auto"
+    if value not in _CHOICES:
+        raise ValueError(f"FASTULM_KERNELS={value!r}: expected one of {', '.join(_CHOICES)}")
+    return value
+
+
+def use_triton(device: torch.device) -> bool:
+    """True when this call should launch the Triton kernel for tensors on ``device``."""
+    value = setting()
+    if value == "torch":
+        return False
+    if value == "auto":
+        return triton is not None and device.type == "cuda"
+    if triton is None:
+        raise RuntimeError("FASTULM_KERNELS=triton but triton is not installed")
+    if device.type != "cuda" and not INTERPRET:
+        raise RuntimeError(
+            "FASTULM_KERNELS=triton on a CPU tensor needs TRITON_INTERPRET=1 set before "
+            "fastulm.kernels is imported"
+        )
+    return True
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
