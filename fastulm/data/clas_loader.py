@@ -1,0 +1,203 @@
+"""Classifier batches: documents of similar length together, padded in the encoder's layout.
+
+Ordering follows fastai's SortedDL: validation is sorted by length (longest first); training
+takes a random permutation with the longest document moved to the front, sorts chunks of
+50 batches by length and shuffles the batches except the first (the longest, so an
+out-of-memory shows at once) and the last. Padding follows fastai's pad_chunk: with
+l = batch_max - len(doc), a row is pad * (l // bptt * bptt) + doc + pad * (l % bptt), so every
+document starts on a bptt boundary and its tokens are one contiguous run.
+
+Under DDP every rank builds the same global batches of world_size * bs documents and takes
+every world_size-th row (rows rank, rank + world_size, ...), so the ranks' lengths stay
+balanced; each rank pads its own rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+SORT_CHUNK_BATCHES = 50  # fastai sorts chunks of bs * 50 documents
+
+
+def pad_batch(docs: Sequence[np.ndarray], pad_id: int = 1, bptt: int = 72) -> np.ndarray:
+    """Stack documents into an int64 [n, max_len] array in fastai's pad_chunk layout."""
+    lens = np.array([len(d) for d in docs], dtype=np.int64)
+    width = int(lens.max()) if len(lens) else 0
+    out = np.full((len(docs), width), pad_id, dtype=np.int64)
+    lead = (width - lens) // bptt * bptt
+    for r, d in enumerate(docs):  # one slice copy per row, not per token
+        out[r, lead[r] : lead[r] + lens[r]] = d
+    return out
+
+
+def sorted_batches(
+    lengths: np.ndarray, bs: int, shuffle: bool, rng: np.random.RandomState | None = None
+) -> list[np.ndarray]:
+    """Document indices grouped into batches, fastai SortedDL style."""
+    n = len(lengths)
+    if not shuffle:
+        order = np.argsort(-lengths, kind="stable")
+        return [order[i : i + bs] for i in range(0, n, bs)]
+    assert rng is not None
+    idxs = rng.permutation(n)
+    if n == 0:
+        return []
+    at = int(np.flatnonzero(idxs == int(np.argmax(lengths)))[0])
+    idxs[0], idxs[at] = idxs[at], idxs[0]
+    sz = bs * SORT_CHUNK_BATCHES
+    chunks = [idxs[i : i + sz] for i in range(0, n, sz)]
+    order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
+    batches = [order[i : i + bs] for i in range(0, n, bs)]
+    if len(batches) > 2:
+        middle = rng.permutation(len(batches) - 2)
+        batches = [batches[0], *[batches[1 + j] for j in middle], batches[-1]]
+    return batches
+
+
+def _itos(vocab: Any) -> Sequence[str]:
+    return vocab.itos if hasattr(vocab, "itos") else vocab
+
+
+class ClasLoader:
+    """Yields (x, y): x LongTensor [bs, T] in pad_chunk layout, y LongTensor [bs] labels."""
+
+    def __init__(
+        self,
+        split: Any,
+        bs: int,
+        bptt: int = 72,
+        shuffle: bool = False,
+        seed: int = 0,
+        pad_id: int = 1,
+        max_len: int | None = None,
+        backwards: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool | None = None,
+    ) -> None:
+        if bs < 1 or bptt < 1:
+            raise ValueError(f"bs and bptt must be positive, got bs={bs}, bptt={bptt}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be positive or None, got {max_len}")
+        self.split = split
+        self.bs, self.bptt, self.shuffle, self.seed = bs, bptt, shuffle, seed
+        self.pad_id, self.max_len, self.backwards = pad_id, max_len, backwards
+        self.rank, self.world_size = rank, world_size
+        self.global_bs = bs * world_size
+        # fastai drops the last incomplete batch when training (it would be the smallest).
+        self.drop_last = shuffle if drop_last is None else drop_last
+
+        self._ids = split.ids
+        self._offsets = np.asarray(split.offsets, dtype=np.int64)
+        self._lengths = np.diff(self._offsets)
+        self._labels = np.asarray(split.labels, dtype=np.int64)
+
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+        self._pos = 0
+        self._cached: tuple[int, list[np.ndarray]] | None = None
+
+    # ---- plan -----------------------------------------------------------------------------
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches (document indices) for `epoch` (cached)."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        rng = np.random.RandomState([self.seed % 2**32, epoch, 0]) if self.shuffle else None
+        batches = sorted_batches(self._lengths, self.global_bs, self.shuffle, rng)
+        if self.drop_last and batches and len(batches[-1]) < self.global_bs:
+            batches = batches[:-1]
+        mine = [b[self.rank :: self.world_size] for b in batches]
+        mine = [b for b in mine if len(b)]
+        self._cached = (epoch, mine)
+        return mine
+
+    def batch_indices(self, epoch: int | None = None) -> list[np.ndarray]:
+        """The document indices of each of this rank's batches in `epoch`."""
+        return [b.copy() for b in self._plan(self.epoch if epoch is None else epoch)]
+
+    def _doc(self, i: int) -> np.ndarray:
+        d = self._ids[self._offsets[i] : self._offsets[i + 1]]
+        if self.backwards:
+            d = d[::-1]
+        if self.max_len is not None and len(d) > self.max_len:
+            d = d[len(d) - self.max_len :]  # the encoder keeps only the last max_len positions
+        return d
+
+    def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pad_batch([self._doc(int(i)) for i in idx], self.pad_id, self.bptt)
+        return torch.from_numpy(x), torch.from_numpy(self._labels[idx].copy())
+
+    # ---- iteration and state --------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._plan(self.epoch))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        start = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            start = self._resume[1]
+        self._resume = None
+        plan = self._plan(epoch)
+        for i in range(start, len(plan)):
+            self._pos = i + 1
+            yield self._batch(plan[i])
+        self._pos = 0
+        self.epoch = epoch + 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch (and so the shuffle); a pending resume for another epoch is dropped."""
+        self.epoch = epoch
+        if self._resume is not None and self._resume[0] != epoch:
+            self._resume = None
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the loader stands: the epoch and how many of its batches were handed out."""
+        if self._resume is not None:
+            epoch, batch = self._resume
+        else:
+            epoch, batch = self.epoch, self._pos
+        return {"epoch": epoch, "batch": batch, "seed": self.seed, "global_bs": self.global_bs}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """The next pass starts at the saved epoch and batch."""
+        if state.get("global_bs", self.global_bs) != self.global_bs:
+            raise ValueError(
+                f"loader state was saved with a global batch of {state['global_bs']} documents, "
+                f"this loader has {self.global_bs}: the batches would differ"
+            )
+        self.seed = int(state.get("seed", self.seed))
+        self._cached = None
+        self.epoch = int(state["epoch"])
+        self._resume = (self.epoch, int(state["batch"]))
+        self._pos = int(state["batch"])
+
+    # ---- display --------------------------------------------------------------------------
+    def show_batch(
+        self,
+        vocab: Any,
+        label_names: Sequence[str] | None = None,
+        n: int = 6,
+        trunc_at: int = 40,
+    ) -> list[tuple[str, str]]:
+        """Print the first `n` documents of this epoch's first batch: text and category."""
+        itos = _itos(vocab)
+        plan = self._plan(self.epoch)
+        rows: list[tuple[str, str]] = []
+        if plan:
+            for i in plan[0][:n]:
+                toks = self._doc(int(i))[:trunc_at].tolist()
+                label = int(self._labels[i])
+                name = label_names[label] if label_names is not None and label >= 0 else str(label)
+                rows.append((" ".join(itos[t] for t in toks), name))
+        width = 90
+        print(f"{'':>3}  {'text':<{width}}  category")
+        for j, (text, name) in enumerate(rows):
+            shown = text if len(text) <= width else text[: width - 3] + "..."
+            print(f"{j:>3}  {shown:<{width}}  {name}")
+        return rows
