@@ -4,7 +4,7 @@ masked concat-pooling head."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -20,6 +20,12 @@ class ClassifierOutput:
     logits: torch.Tensor  # [bs, n_classes], fp32
     raw: torch.Tensor  # encoder output over the kept window [bs, T_kept, emb] (AR/TAR)
     dropped: torch.Tensor  # the same tensor: the reference regularizes the encoder output
+
+
+class Encoded(NamedTuple):
+    output: torch.Tensor  # [bs, T_kept, emb]; zeros where a row has not started yet
+    mask: torch.Tensor  # [bs, T_kept], True at padding
+    late_start: bool  # some row starts inside the last bptt positions (see PoolingLinearClassifier)
 
 
 def _first_real(ids: torch.Tensor, pad_idx: int) -> torch.Tensor:
@@ -53,7 +59,7 @@ class SentenceEncoder(nn.Module):
         out, new = self.module.run(ids, state)
         return out, *[t for hc in new for t in hc]
 
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids: torch.Tensor) -> Encoded:
         bs, sl = ids.shape
         starts = _first_real(ids, self.pad_idx)
         has_real = starts < sl
@@ -98,7 +104,8 @@ class SentenceEncoder(nn.Module):
                 out = out.new_zeros(bs, *out.shape[1:]).index_copy(0, rows, out)
             if i >= first_kept:
                 outs.append(out)
-        return torch.cat(outs, dim=1), ids[:, first_kept:] == self.pad_idx
+        late_start = bool((starts[has_real] > sl - self.bptt).any())
+        return Encoded(torch.cat(outs, dim=1), ids[:, first_kept:] == self.pad_idx, late_start)
 
 
 def lin_bn_drop(n_in: int, n_out: int, p: float, act: nn.Module | None) -> nn.Sequential:
@@ -115,8 +122,22 @@ def lin_bn_drop(n_in: int, n_out: int, p: float, act: nn.Module | None) -> nn.Se
     return nn.Sequential(*layers)
 
 
+def _last_real(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's output at its last non-pad position."""
+    trailing = (~mask).flip(1).int().argmax(1)
+    idx = mask.size(1) - 1 - trailing
+    return out[torch.arange(out.size(0), device=out.device), idx]
+
+
 class PoolingLinearClassifier(nn.Module):
-    """Masked concat pooling [last, max, mean] then the LinBnDrop stack."""
+    """Masked concat pooling [last, max, mean] then the LinBnDrop stack.
+
+    The pool finds a row's last token by counting the pads in the last ``bptt`` positions,
+    which assumes those pads are all trailing. When the sequence length is not a multiple
+    of bptt and a row starts in the short last chunk, leading pads fall in that window too
+    (the reference then pools a wrong position); ``late_start`` marks such batches and the
+    last state is taken from the true last token instead.
+    """
 
     def __init__(self, dims: list[int], ps: list[float], bptt: int):
         super().__init__()
@@ -128,8 +149,15 @@ class PoolingLinearClassifier(nn.Module):
         )
         self.bptt = bptt
 
-    def forward(self, out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.layers(masked_concat_pool(out, mask, self.bptt))
+    def forward(
+        self, out: torch.Tensor, mask: torch.Tensor, late_start: bool = False
+    ) -> torch.Tensor:
+        pooled = masked_concat_pool(out, mask, self.bptt)
+        if late_start:
+            pooled = torch.cat(
+                [_last_real(out, mask).to(pooled.dtype), pooled[:, out.size(-1) :]], 1
+            )
+        return self.layers(pooled)
 
 
 class TextClassifier(nn.Module):
@@ -158,8 +186,8 @@ class TextClassifier(nn.Module):
         self.body.reset()
 
     def forward(self, x: torch.Tensor) -> ClassifierOutput:
-        out, mask = self._modules["0"](x)
-        logits = self.head(out, mask).float()
+        out, mask, late_start = self._modules["0"](x)
+        logits = self.head(out, mask, late_start).float()
         return ClassifierOutput(logits, out, out)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
