@@ -96,7 +96,7 @@ def weight_drop(weight: torch.Tensor, p: float, seed: int) -> torch.Tensor:
 
 def weight_drop_reference(weight: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
     """Plain dropout with a given keep mask (what ``F.dropout`` computes): the tests' oracle."""
-    return weight * keep.to(weight.dtype) / (1.0 - p)
+    return weight * keep.to(weight.dtype) * (1.0 / (1.0 - p))
 
 
 _PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
