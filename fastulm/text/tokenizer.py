@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 from fastulm.text.rules import SPECIAL_TOKENS, apply_rules, replace_space
@@ -45,7 +47,7 @@ class Tokenizer:
         """Local token ids of `text` (int32, `xxbos` first)."""
         text = apply_rules(text)
         entries = [self._run_entry(r) for r in _runs(text)]
-        if any(a[2] and b[1] for a, b in zip(entries, entries[1:])):
+        if any(a[2] and b[1] for a, b in pairwise(entries)):
             # a special case may span two runs: do the whole document's pass
             return self._ids_of(split_words(text))
         return np.concatenate([e[0] for e in entries])

@@ -208,9 +208,9 @@ def special_pass(tokens: list[str], owner: list[int] | None = None) -> list[str]
     seen: set[int] = set()
     kept = []
     for start, end in matches:
-        if start not in seen and end - 1 not in seen:
-            if owner is None or owner[start] == owner[end - 1]:
-                kept.append((start, end))
+        free = start not in seen and end - 1 not in seen
+        if free and (owner is None or owner[start] == owner[end - 1]):
+            kept.append((start, end))
         seen.update(range(start, end))
     if not kept:
         return tokens
