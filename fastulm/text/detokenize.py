@@ -15,9 +15,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # Same strings as fastulm.text.rules.SPECIAL_TOKENS.
-UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ = (
-    "xxunk xxpad xxbos xxeos xxfld xxrep xxwrep xxup xxmaj".split()
-)
+UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ = [
+    "xxunk",
+    "xxpad",
+    "xxbos",
+    "xxeos",
+    "xxfld",
+    "xxrep",
+    "xxwrep",
+    "xxup",
+    "xxmaj",
+]
 DROPPED = {PAD, BOS, EOS, FLD, "xxfake"}
 
 CLOSING_CHARS = set(".,!?;:…%)]}")
@@ -89,6 +97,20 @@ def _alpha_short(w: str) -> bool:
     return w.isalpha() and len(w) <= 3 and w.lower() not in SHORT_WORDS
 
 
+def _closes_up(prev: str, w: str) -> bool:
+    """No space between these two words whatever surrounds them."""
+    return (
+        w.isspace()
+        or prev.isspace()
+        or _is_closing(w)
+        or w.lower() in CLITICS
+        or prev in OPENERS
+        or (prev.lower(), w.lower()) in SPLIT_WORDS
+        or w == "/"
+        or prev == "/"
+    )
+
+
 def _glue(words: list[str], is_run: list[bool]) -> list[bool]:
     """glue[i]: no space between words i-1 and i."""
     n = len(words)
@@ -97,14 +119,7 @@ def _glue(words: list[str], is_run: list[bool]) -> list[bool]:
     for i, w in enumerate(words):
         prev = words[i - 1] if i else ""
         nxt = words[i + 1] if i + 1 < n else ""
-        if i == 0:
-            pass
-        elif w.isspace() or prev.isspace() or _is_closing(w) or w.lower() in CLITICS:
-            glue[i] = True
-        elif prev in OPENERS or (prev.lower(), w.lower()) in SPLIT_WORDS:
-            glue[i] = True
-        elif w == "/" or prev == "/":
-            glue[i] = True
+        glue[i] = i > 0 and _closes_up(prev, w)
         # Quotes: a double quote opens and closes in turn; a lone ' after a plural that
         # opened nothing is a possessive (`the actors' lines`).
         if w == '"':
