@@ -171,8 +171,8 @@ def _lce_op(
             del z
     loss = loss_rows.sum() / n_valid if n_valid else loss_rows.sum() * float("nan")
     n_correct = correct.sum(dtype=torch.int64)
-    if not compute_grad:
-        return loss, n_correct, empty, empty, empty
+    if not compute_grad:  # three distinct empties: custom-op outputs may not alias
+        return loss, n_correct, empty, x.new_empty(0), x.new_empty(0)
     grad_b = empty if grad_b is None else grad_b.to(weight.dtype)
     return loss, n_correct, grad_x, grad_w.to(weight.dtype), grad_b
 
@@ -183,7 +183,7 @@ def _(x, weight, bias, target, ignore_index, compute_grad, chunk_rows):
     n_correct = x.new_empty((), dtype=torch.int64)
     empty = x.new_empty(0)
     if not compute_grad:
-        return loss, n_correct, empty, empty, empty
+        return loss, n_correct, empty, x.new_empty(0), x.new_empty(0)
     grad_b = empty if bias is None else torch.empty_like(bias)
     return loss, n_correct, torch.empty_like(x), torch.empty_like(weight), grad_b
 

@@ -1,0 +1,152 @@
+"""linear_cross_entropy against the unfused F.linear + F.cross_entropy, chunk by chunk."""
+
+import pytest
+import torch
+from fastulm.kernels import linear_cross_entropy
+from fastulm.kernels.linear_ce import chunk_rows_for, linear_cross_entropy_reference
+from kernel_helpers import REL_TOL, backend_fixture, device_fixture, rel_err  # noqa: F401
+
+# (N, D, V, chunk_rows, ignored rows)
+CASES = {
+    "odd_sizes": (37, 19, 53, 8, [3, 10]),
+    "one_chunk": (12, 16, 40, 64, []),
+    "row_chunks": (9, 7, 33, 1, [0]),
+    "single_row": (1, 5, 11, 4, []),
+    "mostly_ignored": (10, 6, 17, 3, [0, 1, 2, 3, 4, 5, 6, 8]),
+    "wide_vocab": (6, 8, 9000, 4, [2]),  # more than one vocab block per row in the kernel
+}
+
+
+def make_case(name, dtype, device, bias):
+    N, D, V, chunk, ignored = CASES[name]
+    torch.manual_seed(0)
+    x = (torch.randn(N, D) * 0.5).to(device=device, dtype=dtype).requires_grad_()
+    w = (torch.randn(V, D) * 0.5).to(device=device, dtype=dtype).requires_grad_()
+    b = (torch.randn(V) * 0.1).to(device=device, dtype=dtype).requires_grad_() if bias else None
+    target = torch.randint(0, V, (N,))
+    target[ignored] = -100
+    # plant a few sure hits so n_correct is not trivially zero
+    with torch.no_grad():
+        for i in range(0, N, 3):
+            if target[i] >= 0:
+                w[target[i]] += 4 * x[i] / x[i].norm()
+    return x, w, b, target.to(device), chunk
+
+
+def params(x, w, b):
+    return [x, w] + ([b] if b is not None else [])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_reference(case, dtype, bias, backend, device):
+    x, w, b, target, chunk = make_case(case, dtype, device, bias)
+    loss, n_correct = linear_cross_entropy(x, w, b, target, chunk_rows=chunk)
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    assert n_correct.dtype == torch.int64 and n_correct.shape == ()
+    grads = torch.autograd.grad(loss * 1.7, params(x, w, b))
+    # reference: the unfused formula in fp32 on the same (rounded) inputs
+    ref_in = [t.detach().float().requires_grad_() if t is not None else None for t in (x, w, b)]
+    ref_loss, ref_correct = linear_cross_entropy_reference(*ref_in, target)
+    ref_grads = torch.autograd.grad(ref_loss * 1.7, params(*ref_in))
+    tol = REL_TOL[dtype]
+    assert abs(loss.item() - ref_loss.item()) <= tol * abs(ref_loss.item()) + 1e-6
+    for g, gr in zip(grads, ref_grads):
+        assert g.dtype == dtype
+        assert rel_err(g, gr) <= 2 * tol
+    if dtype == torch.float32:
+        assert n_correct.item() == ref_correct.item()
+    else:  # argmax on low-precision logits: compare with the unfused formula in that dtype
+        _, low_correct = linear_cross_entropy_reference(x.detach(), w.detach(), b, target)
+        assert abs(n_correct.item() - low_correct.item()) <= 1
+    assert n_correct.item() > 0
+
+
+def test_all_ignored_gives_nan_like_torch(backend):
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", True)
+    target = torch.full_like(target, -100)
+    loss, n_correct = linear_cross_entropy(x, w, b, target, chunk_rows=chunk)
+    ref_loss, _ = linear_cross_entropy_reference(x, w, b, target)
+    assert torch.isnan(loss) and torch.isnan(ref_loss) and n_correct.item() == 0
+    grads = torch.autograd.grad(loss.nan_to_num(0.0), params(x, w, b))
+    assert all((g == 0).all() for g in grads)
+
+
+def test_custom_ignore_index(backend):
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", False)
+    target[target == -100] = 7
+    target[5] = 7
+    loss, _ = linear_cross_entropy(x, w, b, target, ignore_index=7, chunk_rows=chunk)
+    ref, _ = linear_cross_entropy_reference(x, w, b, target, ignore_index=7)
+    torch.testing.assert_close(loss, ref)
+
+
+def test_bad_target_raises(backend):
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", True)
+    target[4] = w.shape[0]
+    with pytest.raises(ValueError, match=r"target 53 outside \[0, 53\)"):
+        linear_cross_entropy(x, w, b, target, chunk_rows=chunk)
+    with pytest.raises(ValueError, match="do not fit"):
+        linear_cross_entropy(x, w[:, :-1], b, target.clamp(0, 10), chunk_rows=chunk)
+
+
+def test_no_grad_computes_no_gradients(backend):
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", True)
+    with torch.no_grad():
+        loss, n_correct = linear_cross_entropy(x, w, b, target, chunk_rows=chunk)
+    ref_loss, ref_correct = linear_cross_entropy_reference(x, w, b, target)
+    torch.testing.assert_close(loss, ref_loss)
+    assert n_correct.item() == ref_correct.item()
+    outs = torch.ops.fastulm.linear_cross_entropy(x, w, b, target, -100, False, chunk)
+    assert all(t.numel() == 0 for t in outs[2:])
+
+
+def test_chunk_size_budget(monkeypatch):
+    monkeypatch.setenv("FASTULM_CE_CHUNK_MB", "128")
+    assert chunk_rows_for(60000) == 128 * 2**20 // (4 * 60000)
+    monkeypatch.setenv("FASTULM_CE_CHUNK_MB", "0.001")
+    assert chunk_rows_for(60000) == 1
+
+
+def test_opcheck(backend):
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", True)
+    op = torch.ops.fastulm.linear_cross_entropy.default
+    torch.library.opcheck(op, (x, w, b, target, -100, True, chunk))
+    torch.library.opcheck(op, (x, w, None, target, -100, True, chunk))
+    with torch.no_grad():
+        torch.library.opcheck(op, (x.detach(), w.detach(), None, target, -100, False, chunk))
+
+
+def test_torch_compile(backend):
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", True)
+
+    def f(x, w, b):
+        loss, n_correct = linear_cross_entropy(torch.tanh(x), w, b, target, chunk_rows=chunk)
+        return loss, n_correct
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    loss, n_correct = compiled(x, w, b)
+    grads = torch.autograd.grad(loss, [x, w, b])
+    ref, ref_correct = f(x, w, b)
+    ref_grads = torch.autograd.grad(ref, [x, w, b])
+    torch.testing.assert_close(loss, ref)
+    assert n_correct.item() == ref_correct.item()
+    for g, gr in zip(grads, ref_grads):
+        torch.testing.assert_close(g, gr)
+
+
+def test_autocast_bf16(backend):
+    """Under autocast the matmuls run in bf16 and the softmax in fp32, as autocast does for
+    linear + cross_entropy; fp32 master weights get fp32 gradients."""
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = linear_cross_entropy(x, w, b, target, chunk_rows=chunk)
+        ref, _ = linear_cross_entropy_reference(x, w, b, target)
+    assert loss.dtype == torch.float32
+    grads = torch.autograd.grad(loss, [x, w, b])
+    ref_grads = torch.autograd.grad(ref, [x, w, b])
+    assert abs(loss.item() - ref.item()) <= 1e-2 * ref.item()
+    for g, gr in zip(grads, ref_grads):
+        assert g.dtype == torch.float32
+        assert rel_err(g, gr) <= 3e-2
