@@ -1,0 +1,115 @@
+"""Atomic checkpoints and weight files, never pickled objects.
+
+A checkpoint holds everything an interrupted run needs to continue exactly: model and
+optimizer state, where training stood (fit number, epoch, step), the loader's position, the
+model's carried hidden state and every random generator (torch CPU and CUDA, numpy, python).
+It is written with ``torch.save`` to a temporary name and renamed into place, and read back
+with ``weights_only=True``, so only tensors and plain containers ever come off disk.
+Weights alone go to safetensors files (tied tensors stored once).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weights file that is missing, corrupt or for another model."""
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(obj):
+    return [_to_lists(o) for o in obj] if isinstance(obj, (tuple, list)) else obj
+
+
+def _to_tuples(obj):
+    return tuple(_to_tuples(o) for o in obj) if isinstance(obj, list) else obj
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """Model weights as safetensors (shared tensors such as the tied decoder stored once)."""
+    atomic_write(path, lambda tmp: save_model(_unwrap(model), tmp))
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        missing, unexpected = load_model(_unwrap(model), path, strict=False)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot load these weights into the model ({err})") from None
+    if strict and (missing or unexpected):
+        raise CheckpointError(
+            f"{path}: weights do not match the model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)

@@ -1,0 +1,538 @@
+"""The training loop: one-cycle fitting of a language model or a classifier.
+
+Read ``fit_one_cycle`` → ``_fit`` → ``_train_epoch`` → ``_step`` top to bottom: that is the
+whole loop. What fastai spreads over callbacks is written inline here: the hidden-state reset
+(ModelResetter), AR/TAR (RNNRegularizer), the one-cycle schedule (ParamScheduler), mixed
+precision, gradient clipping, metrics and logging. Two explicit hook lists, ``after_step``
+and ``after_epoch``, take ``fn(learner)`` for anything else.
+
+Resuming works by replaying: a script (or the CLI) makes the same calls again — ``freeze``,
+``fit_one_cycle``, ``unfreeze``, ... — after ``resume(path)``. Fits that had finished are
+skipped, the interrupted one restores model, optimizer, schedule position, random generators,
+loader position and hidden state from the checkpoint and continues exactly where it stopped.
+
+The model contract (see fastulm.model): a language model has ``loss(x, y)`` returning
+``loss, n_correct, n_tokens, raw, dropped``; a classifier's ``forward(x)`` returns
+``logits, raw, dropped``; both have ``layer_groups()`` and ``reset()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fastulm.train import checkpoint as ckpt
+from fastulm.train import distributed as ddp
+from fastulm.train.optimizer import (
+    LR,
+    complete_groups,
+    freeze_to,
+    lr_range,
+    make_optimizer,
+    set_hypers,
+    set_weight_decay,
+)
+from fastulm.train.regularizer import ar_tar
+from fastulm.train.schedule import OneCycle, normalize_moms
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, out of memory): the message says what to do."""
+
+
+class TimeLimitReached(Exception):
+    """The run stopped at its time limit after writing a checkpoint; resume to continue."""
+
+
+class Precision:
+    """Mixed precision: bf16 autocast where the GPU has it, else fp16 with a gradient scaler.
+
+    ``mode`` is ``auto`` (bf16/fp16 on CUDA, off on CPU), ``bf16``, ``fp16`` or ``fp32``.
+    """
+
+    def __init__(self, mode: str, device: torch.device):
+        if mode not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"mixed precision must be auto, bf16, fp16 or fp32, not {mode!r}")
+        if mode == "auto":
+            if device.type == "cuda":
+                mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:
+                mode = "fp32"
+        self.mode = mode
+        self.device_type = device.type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+        self.scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def _as_dict(out: Any) -> dict[str, Any]:
+    """Model outputs are dataclasses or named tuples; read their fields by name."""
+    if isinstance(out, dict):
+        return out
+    if hasattr(out, "_asdict"):
+        return out._asdict()
+    return vars(out)
+
+
+class Learner:
+    """A model, its train/valid loaders and everything needed to fit it.
+
+    ``kind`` is ``"lm"`` (next-token loss, metrics accuracy and perplexity) or ``"clas"``
+    (cross-entropy on labels, metric accuracy). ``path`` is the run directory: weights go to
+    ``path/models``, logs and plots to ``path``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dl,
+        valid_dl,
+        kind: str = "lm",
+        path: str | Path = ".",
+        vocab: Sequence[str] | None = None,
+        label_names: Sequence[str] | None = None,
+        lr: float = 1e-3,
+        wd: float = 0.01,
+        moms: Sequence[float] = (0.8, 0.7, 0.8),
+        alpha: float = 2.0,
+        beta: float = 1.0,
+        clip: float | None = None,
+        mixed_precision: str = "auto",
+        device: torch.device | str | None = None,
+        layer_groups: list[list[nn.Parameter]] | None = None,
+        show_progress: bool = True,
+        sqr_mom: float = 0.99,
+        eps: float = 1e-5,
+    ):
+        if kind not in ("lm", "clas"):
+            raise ValueError(f"kind must be 'lm' or 'clas', not {kind!r}")
+        self.dist = ddp.current()
+        self.device = torch.device(device) if device is not None else ddp.default_device(self.dist)
+        self.model = model.to(self.device)
+        self.train_dl, self.valid_dl = train_dl, valid_dl
+        self.kind, self.path = kind, Path(path)
+        self.vocab = list(vocab) if vocab is not None else None
+        self.label_names = list(label_names) if label_names is not None else None
+        self.lr, self.wd, self.moms = lr, wd, normalize_moms(moms)
+        self.alpha, self.beta, self.clip = alpha, beta, clip
+        self.precision = Precision(mixed_precision, self.device)
+        self.show_progress = show_progress and self.dist.is_main
+        groups = layer_groups if layer_groups is not None else self._model_groups()
+        self.layer_groups = complete_groups(self.model, groups)
+        self.opt = make_optimizer(self.model, self.layer_groups, wd=wd, sqr_mom=sqr_mom, eps=eps)
+        self.after_step: list[Callable[[Learner], None]] = []
+        self.after_epoch: list[Callable[[Learner], None]] = []
+        self.history: dict[str, list] = {"epochs": [], "steps": [], "valid": []}
+        self.fit_count = 0
+        self.checkpoint_path: Path | None = None
+        self.checkpoint_every_s: float | None = None
+        self.time_limit_s: float | None = None
+        self._resume: dict[str, Any] | None = None
+        self._started = time.monotonic()
+        # where the current fit stands (read by hooks and checkpoints)
+        self.fit_id = self.epoch = self.step_in_epoch = self.n_epoch = 0
+        self._smooth = [0.0, 0]  # fastai's debiased moving average of the train loss
+        self._skipped = 0
+
+    # ------------------------------------------------------------------ layer groups
+    def _model_groups(self) -> list[list[nn.Parameter]]:
+        if hasattr(self.model, "layer_groups"):
+            return [list(g) for g in self.model.layer_groups()]
+        return [list(self.model.parameters())]
+
+    def freeze_to(self, n: int) -> None:
+        """Train layer groups ``[n:]`` only; like fastai this also clears the optimizer state."""
+        freeze_to(self.model, self.layer_groups, n)
+        self.opt.state.clear()
+
+    def freeze(self) -> None:
+        self.freeze_to(-1)
+
+    def unfreeze(self) -> None:
+        self.freeze_to(0)
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for g in self.layer_groups for p in g]
+
+    # ------------------------------------------------------------------ fitting
+    def fit_one_cycle(
+        self,
+        n_epoch: int,
+        lr_max: LR | None = None,
+        div: float = 25.0,
+        div_final: float = 1e5,
+        pct_start: float = 0.25,
+        moms: Sequence[float] | None = None,
+        wd: float | None = None,
+    ) -> list[dict]:
+        """Fit ``n_epoch`` epochs with fastai's one-cycle policy; returns this fit's table rows."""
+        fit_id = self.fit_count
+        self.fit_count += 1
+        resume = self._resume
+        if resume is not None and fit_id < resume["fit"]:
+            return []  # finished before the interruption; its rows are in the restored history
+        if wd is not None:
+            set_weight_decay(self.opt, wd)
+        lrs = lr_range(self.lr if lr_max is None else lr_max, len(self.layer_groups))
+        n_iter = len(self.train_dl)
+        if n_iter == 0:
+            raise TrainingError("the training loader is empty: not enough tokens for one batch")
+        sched = OneCycle(
+            lrs, n_epoch * n_iter, pct_start, div, div_final, normalize_moms(moms or self.moms)
+        )
+        start_epoch = start_step = 0
+        if resume is not None and fit_id == resume["fit"]:
+            self._restore(resume)
+            start_epoch, start_step = resume["epoch"], resume["step"]
+            self._resume = None
+        rows_before = len(self.history["epochs"])
+        try:
+            self._fit(n_epoch, sched, fit_id, start_epoch, start_step)
+        except torch.cuda.OutOfMemoryError:
+            raise TrainingError(self._oom_message()) from None
+        finally:
+            self._reset_model()
+        return self.history["epochs"][rows_before:]
+
+    def _fit(self, n_epoch: int, sched: OneCycle, fit_id: int, start_epoch: int, start_step: int):
+        self.n_epoch = n_epoch
+        self.fit_id = fit_id
+        self._last_ckpt = time.monotonic()
+        if self.show_progress and start_epoch < n_epoch:
+            print(self._table_header())
+        for epoch in range(start_epoch, n_epoch):
+            self.epoch = epoch
+            t0 = time.monotonic()
+            resuming = epoch == start_epoch and start_step > 0
+            if not resuming:
+                self.train_dl.set_epoch(self._epoch_seed(fit_id, epoch))
+                self._smooth = [0.0, 0]
+                self._skipped = 0
+                self._reset_model()
+            self._train_epoch(sched, epoch, start_step if resuming else 0)
+            valid_loss, accuracy = self.validate()
+            row = {"fit": fit_id, "epoch": epoch, "train_loss": self.smooth_loss}
+            row["valid_loss"], row["accuracy"] = valid_loss, accuracy
+            if self.kind == "lm":
+                row["perplexity"] = math.exp(min(valid_loss, 50.0))
+            row["time"] = time.monotonic() - t0
+            if self._skipped:
+                row["skipped_steps"] = self._skipped
+            self.history["epochs"].append(row)
+            self.history["valid"].append([len(self.history["steps"]), valid_loss])
+            if self.show_progress:
+                print(self._table_row(row))
+            self.epoch, self.step_in_epoch = epoch + 1, 0
+            self._write_logs()
+            for hook in self.after_epoch:
+                hook(self)
+            if self.checkpoint_path is not None:
+                self.save_checkpoint()
+
+    def _epoch_seed(self, fit_id: int, epoch: int) -> int:
+        # every (fit, epoch) pair shuffles differently, and identically after a resume
+        return fit_id * 10_000 + epoch
+
+    def _train_epoch(self, sched: OneCycle, epoch: int, start_step: int) -> None:
+        n_iter = len(self.train_dl)
+        self.model.train()
+        bar = tqdm(
+            total=n_iter,
+            initial=start_step,
+            desc=f"epoch {epoch + 1}/{self.n_epoch}",
+            disable=not self.show_progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        sync_every = 1 if self.device.type == "cpu" else 8
+        pending: list[torch.Tensor] = []
+        step = start_step
+        for x, y in self.train_dl:
+            global_step = epoch * n_iter + step
+            lrs, mom = sched.lrs(global_step), sched.mom(global_step)
+            pending.append(self._step(x, y, lrs, mom))
+            step += 1
+            self.step_in_epoch = step
+            if len(pending) >= sync_every or step == n_iter:
+                self._record_losses(pending, lrs)
+                pending = []
+                bar.set_postfix(loss=f"{self.smooth_loss:.4f}", refresh=False)
+            bar.update(1)
+            for hook in self.after_step:
+                hook(self)
+            if step < n_iter:
+                self._maybe_checkpoint()
+        bar.close()
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, lrs: list[float], mom: float):
+        """One optimizer step; returns the batch's (detached) loss without AR/TAR."""
+        set_hypers(self.opt, lrs, mom)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with self.precision.autocast():
+            out = self._forward(x, y)
+            total = out["loss"]
+            if self.alpha or self.beta:
+                total = total + ar_tar(out["raw"], out["dropped"], self.alpha, self.beta)
+        scaler = self.precision.scaler
+        (scaler.scale(total) if scaler else total).backward()
+        if self.dist.active:
+            ddp.all_reduce_mean_grads(self.params, self.dist.world_size)
+        if self.clip:
+            if scaler:
+                scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.clip)
+        if scaler:
+            scale = scaler.get_scale()
+            scaler.step(self.opt)
+            scaler.update()
+            if scaler.get_scale() < scale:
+                self._skipped += 1
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return out["loss"].detach()
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """loss (mean, fp32), n_correct, n (items scored), raw and dropped encoder outputs."""
+        if self.kind == "lm":
+            out = _as_dict(self.model.loss(x, y))
+            out["n"] = out.get("n_tokens", y.numel())
+            return out
+        out = _as_dict(self.model(x))
+        logits = out["logits"].float()
+        out["loss"] = F.cross_entropy(logits, y)
+        out["n_correct"] = (logits.argmax(-1) == y).sum()
+        out["n"] = y.numel()
+        return out
+
+    def _record_losses(self, pending: list[torch.Tensor], lrs: list[float]) -> None:
+        values = torch.stack(pending).float().cpu().tolist()
+        for v in values:
+            if not math.isfinite(v):
+                if self.precision.scaler is not None:
+                    continue  # the scaler skipped that step; counted in skipped_steps
+                raise TrainingError(
+                    f"loss became {v} at epoch {self.epoch + 1}, step {self.step_in_epoch}: "
+                    f"training stopped (learning rate {max(lrs):.2e}). Lower the learning rate, "
+                    "turn on gradient clipping (--clip), or resume from the last checkpoint."
+                )
+            avg, count = self._smooth
+            self._smooth = [avg * 0.98 + v * 0.02, count + 1]
+            self.history["steps"].append(v)
+        if self.precision.scaler is not None and self._skipped >= 50:
+            raise TrainingError(
+                f"fp16 gradients overflowed in {self._skipped} steps of epoch {self.epoch + 1}: "
+                "lower the learning rate or use --mixed-precision bf16/fp32."
+            )
+
+    @property
+    def smooth_loss(self) -> float:
+        avg, count = self._smooth
+        return avg / (1 - 0.98**count) if count else float("nan")
+
+    @torch.no_grad()
+    def validate(self, dl=None) -> tuple[float, float]:
+        """(mean loss, accuracy) over the validation loader, summed over all ranks."""
+        dl = self.valid_dl if dl is None else dl
+        self.model.eval()
+        self._reset_model()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for x, y in dl:
+            x, y = x.to(self.device), y.to(self.device)
+            with self.precision.autocast():
+                out = self._forward(x, y)
+            n = out["n"]
+            sums += torch.stack(
+                [
+                    out["loss"].double() * n,
+                    torch.as_tensor(out["n_correct"], device=self.device).double(),
+                    torch.as_tensor(n, device=self.device).double(),
+                ]
+            )
+        ddp.all_reduce_sum(sums)
+        self._reset_model()
+        self.model.train()
+        loss_sum, correct, n = sums.tolist()
+        if n == 0:
+            return float("nan"), float("nan")
+        return loss_sum / n, correct / n
+
+    def _reset_model(self) -> None:
+        if hasattr(self.model, "reset"):
+            self.model.reset()
+
+    def _oom_message(self) -> str:
+        bs = getattr(self.train_dl, "bs", "?")
+        bptt = getattr(self.train_dl, "bptt", "?")
+        config = getattr(self.model, "config", None)
+        ckpt_on = getattr(config, "checkpoint", False)
+        return (
+            f"CUDA out of memory (bs={bs}, bptt={bptt}, mixed precision {self.precision.mode}, "
+            f"gradient checkpointing {'on' if ckpt_on else 'off'}): lower --bs or --bptt"
+            + ("" if ckpt_on else ", or turn on --grad-checkpoint")
+            + ("" if self.precision.mode != "fp32" else ", or use --mixed-precision auto")
+        )
+
+    # ------------------------------------------------------------------ logging
+    def _metric_names(self) -> list[str]:
+        names = ["train_loss", "valid_loss", "accuracy"]
+        return [*names, "perplexity"] if self.kind == "lm" else names
+
+    def _table_header(self) -> str:
+        return "  ".join(f"{n:>10}" for n in ["epoch", *self._metric_names(), "time"])
+
+    def _table_row(self, row: dict) -> str:
+        cells = [f"{row['epoch']:>10d}"] + [f"{row[n]:>10.6f}" for n in self._metric_names()]
+        minutes, seconds = divmod(int(row["time"]), 60)
+        return "  ".join([*cells, f"{minutes:>7d}:{seconds:02d}"])
+
+    def _write_logs(self) -> None:
+        if not self.dist.is_main:
+            return
+        from fastulm.train.plots import plot_losses
+
+        rows = self.history["epochs"]
+        lines = "".join(json.dumps(r) + "\n" for r in rows)
+        ckpt.atomic_write(self.path / "log.jsonl", lambda tmp: Path(tmp).write_text(lines))
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        csv = ",".join(keys) + "\n"
+        csv += "".join(",".join(str(r.get(k, "")) for k in keys) + "\n" for r in rows)
+        ckpt.atomic_write(self.path / "log.csv", lambda tmp: Path(tmp).write_text(csv))
+        plot_losses(self.history, self.path / "losses.png")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _maybe_checkpoint(self) -> None:
+        now = time.monotonic()
+        if self.time_limit_s is not None and now - self._started > self.time_limit_s:
+            if self.checkpoint_path is not None:
+                self.save_checkpoint()
+            raise TimeLimitReached(
+                f"time limit reached at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
+                f"checkpoint written to {self.checkpoint_path}"
+            )
+        if (
+            self.checkpoint_path is not None
+            and self.checkpoint_every_s is not None
+            and now - self._last_ckpt > self.checkpoint_every_s
+        ):
+            self.save_checkpoint()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        from fastulm.train.carried import carried_state
+
+        return {
+            "format": "fastulm-checkpoint-1",
+            "fit": self.fit_id,
+            "epoch": self.epoch,
+            "step": self.step_in_epoch,
+            "model": self.model.state_dict(),
+            "carried": carried_state(self.model),
+            "opt": self.opt.state_dict(),
+            "scaler": self.precision.scaler.state_dict() if self.precision.scaler else {},
+            "loader": self.train_dl.state_dict() if self.step_in_epoch else {},
+            "rng": self._gather_rng(),
+            "smooth": list(self._smooth),
+            "skipped": self._skipped,
+            "history": self.history,
+            "trainable": [p.requires_grad for p in self.params],
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None) -> None:
+        state = self.checkpoint_state()  # every rank takes part (RNG gather)
+        path = Path(path) if path is not None else self.checkpoint_path
+        if self.dist.is_main and path is not None:
+            ckpt.save_state(state, path)
+        self._last_ckpt = time.monotonic()
+
+    def _gather_rng(self) -> list[dict]:
+        state = ckpt.rng_state()
+        if not self.dist.active:
+            return [state]
+        gathered: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(gathered, state)
+        return gathered
+
+    def resume(self, path: str | Path) -> None:
+        """Continue an interrupted run: replay the same calls and the checkpoint takes over."""
+        state = ckpt.load_state(path, map_location=self.device)
+        if state.get("format") != "fastulm-checkpoint-1":
+            raise ckpt.CheckpointError(f"{path}: not a fastulm checkpoint")
+        self._resume = state
+        self.history = state["history"]
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        from fastulm.train.carried import restore_carried_state
+
+        try:
+            self.model.load_state_dict(state["model"])
+            for p, trainable in zip(self.params, state["trainable"], strict=True):
+                p.requires_grad_(trainable)
+            self.opt.load_state_dict(state["opt"])
+        except (RuntimeError, ValueError) as err:
+            raise ckpt.CheckpointError(f"checkpoint does not fit this model: {err}") from None
+        if self.precision.scaler and state["scaler"]:
+            self.precision.scaler.load_state_dict(state["scaler"])
+        if state["step"]:
+            self.train_dl.load_state_dict(state["loader"])
+            restore_carried_state(self.model, state["carried"])
+        rngs = state["rng"]
+        ckpt.set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
+        self._smooth = list(state["smooth"])
+        self._skipped = state["skipped"]
+        self.epoch, self.step_in_epoch = state["epoch"], state["step"]
+
+    # ------------------------------------------------------------------ weights
+    def _model_file(self, name: str | Path, suffix: str) -> Path:
+        path = Path(name)
+        if not path.is_absolute() and path.parent == Path("."):
+            path = self.path / "models" / path
+        return path.with_name(path.name + suffix) if not path.name.endswith(suffix) else path
+
+    def save(self, name: str | Path, with_opt: bool = True) -> Path:
+        """Weights to ``models/<name>.safetensors`` (and the optimizer state beside them)."""
+        path = self._model_file(name, ".safetensors")
+        if self.dist.is_main:
+            ckpt.save_weights(self.model, path)
+            if with_opt:
+                opt_path = path.with_name(path.name.removesuffix(".safetensors") + ".opt.pt")
+                ckpt.save_state({"opt": self.opt.state_dict()}, opt_path)
+        return path
+
+    def load(self, name: str | Path, with_opt: bool = True) -> Learner:
+        path = self._model_file(name, ".safetensors")
+        ckpt.load_weights(self.model, path)
+        opt_path = path.with_name(path.name.removesuffix(".safetensors") + ".opt.pt")
+        if with_opt and opt_path.is_file():
+            try:
+                self.opt.load_state_dict(ckpt.load_state(opt_path, self.device)["opt"])
+            except (ValueError, KeyError) as err:
+                raise ckpt.CheckpointError(
+                    f"{opt_path}: optimizer state does not fit ({err})"
+                ) from None
+        return self
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, **kw):
+        """Exponential learning-rate sweep (model restored afterwards); see lr_find.py."""
+        from fastulm.train.lr_find import lr_find
+
+        return lr_find(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, **kw)
+
+    def show_batch(self, n: int = 4):
+        if self.kind == "lm":
+            return self.train_dl.show_batch(self.vocab, n=n)
+        return self.train_dl.show_batch(self.vocab, self.label_names, n=n)

@@ -1,0 +1,196 @@
+"""The training loop on tiny models: schedule applied, loss falls, exact resume, errors."""
+
+import json
+
+import pytest
+import torch
+from trainkit import LabelLoader, StreamLoader, tiny_classifier, tiny_lm, toy_tokens
+
+from fastulm.train.checkpoint import CheckpointError
+from fastulm.train.learner import Learner, TimeLimitReached, TrainingError
+from fastulm.train.schedule import OneCycle
+
+
+def lm_learner(tmp_path, seed=0, drop=True, **kw):
+    ids = toy_tokens()
+    train = StreamLoader(ids[:3200], bs=16, bptt=20, seed=1)
+    valid = StreamLoader(ids[3200:], bs=4, bptt=10, shuffle=False)
+    return Learner(
+        tiny_lm(drop=drop, seed=seed),
+        train,
+        valid,
+        kind="lm",
+        path=tmp_path,
+        show_progress=False,
+        **kw,
+    )
+
+
+def test_fit_follows_one_cycle_and_loss_falls(tmp_path):
+    learn = lm_learner(tmp_path)
+    seen = []
+    learn.after_step.append(
+        lambda lr: seen.append(
+            (
+                {g["layer_group"]: g["lr"] for g in lr.opt.param_groups},
+                lr.opt.param_groups[0]["betas"][0],
+            )
+        )
+    )
+    rows = learn.fit_one_cycle(2, slice(1e-3, 1e-2), moms=(0.8, 0.7))
+    n = 2 * len(learn.train_dl)
+    sched = OneCycle([1e-3 * 10 ** (i / 3) for i in range(4)], n, moms=(0.8, 0.7, 0.8))
+    assert len(seen) == n
+    for step, (lrs, mom) in enumerate(seen):
+        assert [lrs[i] for i in range(4)] == pytest.approx(sched.lrs(step))
+        assert mom == pytest.approx(sched.mom(step))
+    assert len(rows) == 2
+    learn.fit_one_cycle(3, 1e-2)
+    rows = learn.history["epochs"]
+    assert rows[-1]["valid_loss"] < rows[0]["valid_loss"] - 0.3
+    assert rows[-1]["perplexity"] == pytest.approx(
+        torch.tensor(rows[-1]["valid_loss"]).exp().item()
+    )
+    assert 0 <= rows[-1]["accuracy"] <= 1
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == rows
+    assert (tmp_path / "log.csv").read_text().startswith("fit,epoch,train_loss")
+    assert (tmp_path / "losses.png").stat().st_size > 1000
+
+
+def _recipe(learn):
+    learn.freeze()
+    learn.fit_one_cycle(1, 1e-2, moms=(0.8, 0.7))
+    learn.unfreeze()
+    learn.fit_one_cycle(2, slice(1e-3, 3e-3))
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [5, 20, 28])  # mid-fit-0, mid-epoch of fit 1, boundary
+def test_resume_is_bit_exact(tmp_path, stop_at):
+    torch.manual_seed(123)
+    ref = lm_learner(tmp_path / "ref")
+    _recipe(ref)
+    assert len(ref.train_dl) == 10  # 3 epochs = 30 steps; stop_at 20 = end of an epoch
+
+    torch.manual_seed(123)
+    first = lm_learner(tmp_path / "run")
+    first.checkpoint_path = tmp_path / "run" / "checkpoints" / "last.pt"
+    first.checkpoint_every_s = 0.0  # a checkpoint after every step
+
+    def stop(learn, count=[0]):  # noqa: B006
+        count[0] += 1
+        if count[0] == stop_at:
+            raise Interrupt
+
+    first.after_step.append(stop)
+    with pytest.raises(Interrupt):
+        _recipe(first)
+
+    torch.manual_seed(999)  # a different start: everything must come from the checkpoint
+    second = lm_learner(tmp_path / "run", seed=7)
+    second.resume(first.checkpoint_path)
+    _recipe(second)
+    for (name, a), b in zip(ref.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert second.history["epochs"] == [  # same table (time aside)
+        {**r, "time": s["time"]} for r, s in zip(ref.history["epochs"], second.history["epochs"])
+    ]
+
+
+def test_time_limit_checkpoints_and_stops(tmp_path):
+    learn = lm_learner(tmp_path)
+    learn.checkpoint_path = tmp_path / "ck.pt"
+    learn.time_limit_s = 0.0
+    with pytest.raises(TimeLimitReached, match="checkpoint written"):
+        learn.fit_one_cycle(1, 1e-2)
+    assert (tmp_path / "ck.pt").is_file()
+
+
+def test_corrupt_checkpoint_is_clear(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    learn = lm_learner(tmp_path)
+    with pytest.raises(CheckpointError, match=r"bad\.pt"):
+        learn.resume(bad)
+
+
+def test_nan_loss_stops_with_message(tmp_path):
+    learn = lm_learner(tmp_path)
+
+    def poison(lr):
+        if lr.step_in_epoch == 2:
+            with torch.no_grad():
+                lr.model.head.decoder.bias.fill_(float("nan"))
+
+    learn.after_step.append(poison)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 3"):
+        learn.fit_one_cycle(1, 1e-2)
+
+
+def test_oom_names_settings(tmp_path):
+    learn = lm_learner(tmp_path)
+
+    def boom(x, y):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    learn.model.loss = boom
+    with pytest.raises(TrainingError, match="lower --bs or --bptt"):
+        learn.fit_one_cycle(1, 1e-2)
+
+
+def test_lr_find_restores_model_and_suggests(tmp_path, capsys):
+    learn = lm_learner(tmp_path)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    res = learn.lr_find(num_it=40)
+    assert 6 < len(res.lrs) <= 40
+    assert res.lrs == sorted(res.lrs)
+    assert 1e-7 <= res.valley <= 10 and 1e-7 <= res.steep <= 10
+    assert (tmp_path / "lr_find.png").stat().st_size > 1000
+    assert "suggested learning rates" in capsys.readouterr().out
+    for k, v in learn.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_lr_find_stops_on_divergence(tmp_path):
+    learn = lm_learner(tmp_path)
+    res = learn.lr_find(start_lr=1e-1, end_lr=1e6, num_it=100, plot=False)
+    assert len(res.lrs) < 100  # stopped before the end of the sweep
+
+
+def test_save_load_roundtrip(tmp_path):
+    learn = lm_learner(tmp_path)
+    learn.fit_one_cycle(1, 1e-2)
+    path = learn.save("stage1")
+    assert path == tmp_path / "models" / "stage1.safetensors"
+    other = lm_learner(tmp_path, seed=5)
+    other.load("stage1")
+    for (k, a), b in zip(learn.model.state_dict().items(), other.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert other.model.head.decoder.weight is other.model.body.encoder.weight
+    assert other.opt.state_dict()["state"].keys() == learn.opt.state_dict()["state"].keys()
+    with pytest.raises(CheckpointError, match=r"nope\.safetensors"):
+        other.load("nope")
+
+
+def test_classifier_fit(tmp_path):
+    torch.manual_seed(0)
+    n, t = 64, 16
+    x = torch.randint(2, 24, (n, t))
+    y = (x[:, :4] < 12).sum(1).ge(2).long()  # label readable from the first tokens
+    learn = Learner(
+        tiny_classifier(bptt=8),
+        LabelLoader(x, y, bs=16),
+        LabelLoader(x, y, 16, shuffle=False),
+        kind="clas",
+        path=tmp_path,
+        show_progress=False,
+    )
+    learn.freeze_to(-2)
+    rows = learn.fit_one_cycle(2, slice(1e-3, 1e-2))
+    assert "perplexity" not in rows[-1] and 0 <= rows[-1]["accuracy"] <= 1
+    # frozen embedding did not move
+    assert learn.model.body.encoder.weight.grad is None
