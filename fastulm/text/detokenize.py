@@ -119,7 +119,7 @@ def _glue(words: list[str], is_run: list[bool]) -> list[bool]:
     for i, w in enumerate(words):
         prev = words[i - 1] if i else ""
         nxt = words[i + 1] if i + 1 < n else ""
-        glue[i] = i > 0 and _closes_up(prev, w)
+        glue[i] = glue[i] or (i > 0 and _closes_up(prev, w))
         # Quotes: a double quote opens and closes in turn; a lone ' after a plural that
         # opened nothing is a possessive (`the actors' lines`).
         if w == '"':
