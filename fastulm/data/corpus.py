@@ -1,0 +1,245 @@
+"""The token corpus on disk: ``vocab.json``, one Arrow IPC file per split, ``meta.json``.
+
+Each ``<split>.arrow`` is an uncompressed Arrow IPC file with one record batch and the
+columns ``ids: large_list<int32>`` (``xxbos`` first), ``label: int64`` (-1 = none) and
+``id: string``. Opening maps the files and hands out numpy views: nothing is copied, so a
+training run pays neither the time nor the memory of loading the corpus.
+
+A corpus is written into a temporary sibling folder, ``meta.json`` last, and renamed into
+place: an interrupted run leaves no folder that looks like a finished corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from fastulm.data import DataError
+from fastulm.data.vocab import Vocab
+
+FORMAT = "fastulm-corpus-1"
+SCHEMA = pa.schema([("ids", pa.large_list(pa.int32())), ("label", pa.int64()), ("id", pa.string())])
+
+
+# ---------------------------------------------------------------- writing
+
+
+def split_batch(
+    values: np.ndarray, offsets: np.ndarray, labels: np.ndarray, doc_ids: list[str] | pa.Array
+) -> pa.RecordBatch:
+    """One split as a record batch, wrapping the numpy buffers without copying them."""
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    ids = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
+    label = pa.array(np.ascontiguousarray(labels, dtype=np.int64))
+    doc_ids = doc_ids if isinstance(doc_ids, pa.Array) else pa.array(doc_ids, pa.string())
+    return pa.RecordBatch.from_arrays([ids, label, doc_ids], schema=SCHEMA)
+
+
+def write_arrow(path: Path, batch: pa.RecordBatch) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+
+
+def write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+class OutputDir:
+    """A folder written under a temporary name and renamed to ``path`` on ``commit``.
+
+    ``path`` must be absent or an empty folder, unless ``force``: then a previous one is
+    replaced, but only once the new one is complete.
+    """
+
+    def __init__(self, path: str | os.PathLike, force: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not force:
+            if not self.path.is_dir():
+                raise DataError(f"{self.path}: exists and is not a folder (use --force)")
+            if any(self.path.iterdir()):
+                raise DataError(f"{self.path}: exists and is not empty (use --force to replace)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+
+    def commit(self) -> Path:
+        old = None
+        if self.path.exists() or self.path.is_symlink():
+            old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        return self.path
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> OutputDir:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp.exists():
+            self.discard()
+
+
+def write_corpus(
+    out: str | os.PathLike,
+    vocab: Vocab,
+    splits: Mapping[str, pa.RecordBatch],
+    meta: dict,
+    force: bool = False,
+) -> Path:
+    """Write a whole corpus atomically; ``meta`` gets the format and per-split counts."""
+    with OutputDir(out, force) as target:
+        vocab.save(target.tmp / "vocab.json")
+        counts = {}
+        for name, batch in splits.items():
+            write_arrow(target.tmp / f"{name}.arrow", batch)
+            values = batch.column("ids").values.to_numpy()
+            n_tok = len(values)
+            counts[name] = {
+                "docs": batch.num_rows,
+                "tokens": n_tok,
+                "unknown_rate": float(np.count_nonzero(values == 0) / n_tok) if n_tok else 0.0,
+            }
+        meta = {"format": FORMAT, **meta, "vocab_size": len(vocab), "splits": counts}
+        write_json(target.tmp / "meta.json", meta)
+        return target.commit()
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class Split:
+    """One split's documents as zero-copy views of the memory-mapped file."""
+
+    name: str
+    ids: np.ndarray  # int32, every document's tokens end to end
+    offsets: np.ndarray  # int64, n_docs + 1
+    labels: np.ndarray  # int64, -1 = unlabelled
+    doc_ids: pa.Array  # strings
+    table: pa.RecordBatch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def doc(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.doc(i) for i in range(len(self)))
+
+
+def _read_split(path: Path, name: str) -> Split:
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+        if reader.num_record_batches != 1:
+            raise DataError(f"{path}: expected one record batch, found {reader.num_record_batches}")
+        batch = reader.get_batch(0)
+        for field in SCHEMA:
+            if batch.schema.field(field.name).type != field.type:
+                raise DataError(f"{path}: column {field.name} is not {field.type}")
+        batch.validate()
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, KeyError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: not a readable corpus file ({msg})") from None
+    col = batch.column("ids")
+    offsets = col.offsets.to_numpy()
+    values = col.values.to_numpy(zero_copy_only=True)
+    if offsets[0] != 0:
+        values, offsets = values[offsets[0] : offsets[-1]], offsets - offsets[0]
+    labels = batch.column("label").to_numpy(zero_copy_only=True)
+    return Split(name, values, offsets, labels, batch.column("id"), batch)
+
+
+class Corpus:
+    """A tokenized corpus folder, opened memory-mapped (see ``open_corpus``)."""
+
+    def __init__(self, path: Path, vocab: Vocab, meta: dict, splits: dict[str, Split]):
+        self.path = path
+        self.vocab = vocab
+        self.meta = meta
+        self._splits = splits
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.meta.get("label_names", []))
+
+    @property
+    def split_names(self) -> list[str]:
+        return list(self._splits)
+
+    def __getitem__(self, split: str) -> Split:
+        try:
+            return self._splits[split]
+        except KeyError:
+            raise KeyError(f"{self.path}: no split {split!r} (has {self.split_names})") from None
+
+    def __contains__(self, split: str) -> bool:
+        return split in self._splits
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}: {len(v)} docs" for k, v in self._splits.items())
+        return f"Corpus({self.path}, vocab {len(self.vocab)}, {parts})"
+
+    def decode(self, ids) -> str:
+        """Token ids back to text: the tokens joined by spaces, as fastai shows them."""
+        return " ".join(self.vocab.decode(ids))
+
+    def show(self, split: str | None = None, n: int = 3, max_tokens: int = 80) -> str:
+        """A few decoded documents with their labels, like the walkthrough's show_batch."""
+        name = split or self.split_names[0]
+        data = self[name]
+        names = self.label_names
+        lines = [f"{self.path.name}/{name}: {len(data)} docs, {len(data.ids)} tokens"]
+        for i in np.linspace(0, len(data) - 1, num=min(n, len(data)), dtype=np.int64):
+            doc = data.doc(int(i))
+            label = int(data.labels[i])
+            text = self.decode(doc[:max_tokens]) + (" ..." if len(doc) > max_tokens else "")
+            tag = names[label] if 0 <= label < len(names) else "-"
+            lines.append(f"[{data.doc_ids[int(i)]}] ({tag}, {len(doc)} tokens) {text}")
+        return "\n".join(lines)
+
+
+def open_corpus(path: str | os.PathLike) -> Corpus:
+    """Open a corpus folder written by ``python -m fastulm.tokenize``, zero-copy."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such corpus folder")
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        raise DataError(f"{path}: not a complete fastulm corpus (no meta.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{meta_path}: unreadable ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DataError(f"{meta_path}: not a {FORMAT} corpus")
+    vocab = Vocab.load(path / "vocab.json")
+    splits = {}
+    for name, counts in meta.get("splits", {}).items():
+        split = _read_split(path / f"{name}.arrow", name)
+        if len(split) != counts["docs"] or len(split.ids) != counts["tokens"]:
+            raise DataError(
+                f"{path / (name + '.arrow')}: holds {len(split)} docs / {len(split.ids)} tokens,"
+                f" meta.json says {counts['docs']} / {counts['tokens']}"
+            )
+        splits[name] = split
+    return Corpus(path, vocab, meta, splits)

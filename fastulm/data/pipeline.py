@@ -1,0 +1,521 @@
+"""Tokenize a source into a corpus: worker processes, token-table merge, vocab, numericalize.
+
+Each worker owns a ``fastulm.text.tokenizer.Tokenizer`` (with its chunk cache) and returns,
+per batch of documents, the token ids in its *local* table plus the table entries it added
+since its last batch. The parent (a ``Collector``) keeps one *union* table of token
+strings and turns each batch's local ids into union ids with one ``numpy.take``. At the end
+the documents are put in canonical order (split, then name or row), counted, the vocab is
+built and every union id becomes a vocab id with one more ``take``. Nothing loops over
+tokens in Python, and the result depends only on the documents' tokens, so it is
+byte-identical whatever the number of workers or shards.
+
+For more than one machine, ``--num-shards K --shard-index i`` runs the same collection on
+every K-th document and writes a *part* (union table, counts, ids); ``merge_parts`` feeds
+the parts to a Collector and finishes exactly as a single run would.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+import pyarrow as pa
+
+from fastulm.data import DataError
+from fastulm.data.corpus import OutputDir, split_batch, write_arrow, write_corpus, write_json
+from fastulm.data.sources import RawRecord, Source, decode_text, open_source
+from fastulm.data.vocab import Vocab, make_itos
+
+PART_FORMAT = "fastulm-part-1"
+PART_SCHEMA = pa.schema(
+    [
+        ("ids", pa.large_list(pa.int32())),
+        ("label", pa.int64()),
+        ("id", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+_BATCH_BYTES = 1 << 19
+_BATCH_DOCS = 512
+
+
+@dataclass
+class VocabOptions:
+    """How the vocab is made: fastai's make_vocab on the ``vocab_from`` splits (default:
+    all), or an existing vocab reused from ``vocab_path``."""
+
+    max_vocab: int | None = 60000
+    min_freq: int = 2
+    vocab_from: Sequence[str] | None = None
+    vocab_path: str | None = None
+
+    def describe(self) -> dict:
+        return {
+            "max_vocab": self.max_vocab,
+            "min_freq": self.min_freq,
+            "vocab_from": list(self.vocab_from) if self.vocab_from else None,
+            "vocab": self.vocab_path,
+        }
+
+
+# ---------------------------------------------------------------- numba kernels
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(src, src_off, perm, out, out_off):
+    """Documents ``perm[k]`` of (src, src_off) written one after another into out."""
+    pos = 0
+    for k in range(perm.shape[0]):
+        a = src_off[perm[k]]
+        n = src_off[perm[k] + 1] - a
+        out_off[k] = pos
+        out[pos : pos + n] = src[a : a + n]
+        pos += n
+    out_off[perm.shape[0]] = pos
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_first(stream, lo, hi, counts, first):
+    """Token counts over stream[lo:hi] and each token's first position (first < 0 = unseen)."""
+    for i in range(lo, hi):
+        t = stream[i]
+        counts[t] += 1
+        if first[t] < 0:
+            first[t] = i
+
+
+# ---------------------------------------------------------------- workers
+
+_TOKENIZER = None
+_SENT = 0
+
+
+def default_tokenizer():
+    from fastulm.text.tokenizer import Tokenizer
+
+    return Tokenizer()
+
+
+def _worker_init(factory: Callable) -> None:
+    global _TOKENIZER, _SENT
+    _TOKENIZER, _SENT = factory(), 0
+
+
+def _worker_run(task: tuple[int, list, bool]):
+    """Tokenize one batch; return local ids, doc lengths, new table entries, bad docs."""
+    global _SENT
+    index, items, from_file = task
+    tok = _TOKENIZER
+    arrays, bad = [], []
+    for j, data in enumerate(items):
+        text, not_utf8 = decode_text(data, from_file)
+        if not_utf8:
+            bad.append(j)
+        arrays.append(tok.encode(text))
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    ids = np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.zeros(0, np.int32)
+    start, table = _SENT, tok.tokens
+    new = table[start:]
+    _SENT = len(table)
+    return index, os.getpid(), start, new, ids, lengths, bad
+
+
+# ---------------------------------------------------------------- collecting
+
+
+@dataclass
+class Collector:
+    """Union token table plus every document's union ids, in arrival order."""
+
+    source: dict
+    splits: tuple[str, ...]
+    label_names: list[str]
+    sort_by: str
+    tokens: list[str] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict)
+    _maps: dict[object, np.ndarray] = field(default_factory=dict)
+    _chunks: list[np.ndarray] = field(default_factory=list)
+    _lengths: list[np.ndarray] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    doc_splits: list[str] = field(default_factory=list)
+    doc_ids: list[str] = field(default_factory=list)
+    non_utf8: list[str] = field(default_factory=list)
+
+    def add_tokens(self, table: object, start: int, new: Sequence[str]) -> None:
+        """Entries ``start...`` of a worker's (or part's) local table."""
+        old = self._maps.get(table, np.zeros(0, np.int32))
+        if len(old) != start:
+            raise RuntimeError(f"token table {table}: got entries from {start}, have {len(old)}")
+        index, tokens = self._index, self.tokens
+        ext = np.empty(len(new), np.int32)
+        for j, t in enumerate(new):
+            u = index.get(t)
+            if u is None:
+                u = index[t] = len(tokens)
+                tokens.append(t)
+            ext[j] = u
+        self._maps[table] = np.concatenate([old, ext]) if len(old) else ext
+
+    def add_docs(
+        self,
+        table: object,
+        ids: np.ndarray,
+        lengths: np.ndarray,
+        records: Sequence[tuple[int, str, str]],
+        bad: Sequence[int] = (),
+    ) -> None:
+        """Documents (label, split, id) whose tokens are ``ids`` in ``table``'s local ids."""
+        self._chunks.append(np.take(self._maps[table], ids))
+        self._lengths.append(np.asarray(lengths, np.int64))
+        for label, split, doc_id in records:
+            self.labels.append(label)
+            self.doc_splits.append(split)
+            self.doc_ids.append(doc_id)
+        self.non_utf8.extend(records[j][2] for j in bad)
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.labels)
+
+    def canonical(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, tuple[int, int]]]:
+        """(perm, stream, offsets, split ranges) with documents sorted by split then name/row.
+
+        Consumes the collected chunks (memory: the stream is built once, in order)."""
+        rank = {s: i for i, s in enumerate(self.splits)}
+        for s in set(self.doc_splits) - set(rank):
+            raise DataError(f"unexpected split {s!r}")
+        if self.sort_by == "row":
+            keys = [(rank[s], int(i)) for s, i in zip(self.doc_splits, self.doc_ids)]
+        else:
+            keys = [(rank[s], i) for s, i in zip(self.doc_splits, self.doc_ids)]
+        perm = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+        src_off = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=src_off[1:])
+        src = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int32)
+        self._chunks, self._lengths = [], []
+        stream = np.empty_like(src)
+        offsets = np.empty(len(perm) + 1, np.int64)
+        _gather(src, src_off, perm, stream, offsets)
+        del src
+        split_of = np.array([rank[self.doc_splits[p]] for p in perm], dtype=np.int64)
+        ranges = {}
+        for s, r in rank.items():
+            lo, hi = np.searchsorted(split_of, r), np.searchsorted(split_of, r, side="right")
+            if hi > lo:
+                ranges[s] = (int(lo), int(hi))
+        return perm, stream, offsets, ranges
+
+
+def _check_unique_ids(collector: Collector) -> None:
+    seen: set[tuple[str, str]] = set()
+    for split, doc_id in zip(collector.doc_splits, collector.doc_ids):
+        key = (split, doc_id)
+        if key in seen:
+            raise DataError(f"document {split}/{doc_id} appears twice (overlapping parts?)")
+        seen.add(key)
+
+
+def finish(
+    collector: Collector, out: str | os.PathLike, options: VocabOptions, force: bool = False
+) -> Path:
+    """Vocab, numericalization and the corpus files from everything collected."""
+    if collector.n_docs == 0:
+        raise DataError(f"{collector.source.get('path')}: no documents")
+    _check_unique_ids(collector)
+    vocab_from = list(options.vocab_from or collector.splits)
+    for s in vocab_from:
+        if s not in collector.splits:
+            raise DataError(
+                f"--vocab-from: no split {s!r} in this source (has {', '.join(collector.splits)})"
+            )
+    perm, stream, offsets, ranges = collector.canonical()
+    n_union = len(collector.tokens)
+    if options.vocab_path:
+        vocab = Vocab.load(options.vocab_path)
+    else:
+        counts = np.zeros(n_union, np.int64)
+        first = np.full(n_union, -1, np.int64)
+        for s in vocab_from:
+            if s in ranges:
+                lo, hi = ranges[s]
+                _count_first(stream, offsets[lo], offsets[hi], counts, first)
+        first[first < 0] = len(stream)
+        vocab = Vocab(
+            make_itos(collector.tokens, counts, options.max_vocab, options.min_freq, tiebreak=first)
+        )
+    # union id -> vocab id (0 = xxunk for tokens outside the vocab), then one take.
+    lut = np.zeros(n_union, np.int32)
+    index = collector._index
+    for tok, i in vocab.stoi.items():
+        u = index.get(tok)
+        if u is not None:
+            lut[u] = i
+    np.take(lut, stream, out=stream, mode="clip")
+    batches = {}
+    labels = np.asarray(collector.labels, np.int64)[perm]
+    doc_ids = [collector.doc_ids[p] for p in perm]
+    for s, (lo, hi) in ranges.items():
+        a, b = offsets[lo], offsets[hi]
+        batches[s] = split_batch(
+            stream[a:b], offsets[lo : hi + 1] - a, labels[lo:hi], doc_ids[lo:hi]
+        )
+    from fastulm import __version__
+
+    non_utf8 = sorted(collector.non_utf8)
+    meta = {
+        "fastulm_version": __version__,
+        "source": collector.source,
+        "options": options.describe(),
+        "label_names": collector.label_names,
+        "non_utf8_files": len(non_utf8),
+        "non_utf8_examples": non_utf8[:20],
+    }
+    return write_corpus(out, vocab, batches, meta, force=force)
+
+
+# ---------------------------------------------------------------- running
+
+
+def _batches(
+    records: Iterable[RawRecord], meta: dict[int, list], from_file: bool
+) -> Iterator[tuple[int, list, bool]]:
+    items: list = []
+    recs: list = []
+    size = 0
+    index = 0
+    for data, label, split, doc_id in records:
+        items.append(data)
+        recs.append((label, split, doc_id))
+        size += len(data) if not isinstance(data, Path) else 2048
+        if size >= _BATCH_BYTES or len(items) >= _BATCH_DOCS:
+            meta[index] = recs
+            yield index, items, from_file
+            index, items, recs, size = index + 1, [], [], 0
+    if items:
+        meta[index] = recs
+        yield index, items, from_file
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def collect(
+    source: Source,
+    workers: int | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    progress: bool = True,
+    tokenizer_factory: Callable | None = None,
+) -> Collector:
+    """Tokenize every document of ``source`` (or of one shard) in ``workers`` processes."""
+    from tqdm import tqdm
+
+    factory = tokenizer_factory or default_tokenizer
+    workers = default_workers() if workers is None else max(1, workers)
+    collector = Collector(
+        {"path": source.path, "kind": source.kind},
+        source.splits,
+        source.label_names,
+        source.sort_by,
+    )
+    meta: dict[int, list] = {}
+    from_file = source.sort_by == "id"
+    tasks = _batches(source.raw_records(num_shards, shard_index), meta, from_file)
+    total = None if source.n_docs is None else len(range(shard_index, source.n_docs, num_shards))
+    pool = None
+    if workers > 1:
+        _worker_init(factory)  # compile/warm once here; forked workers inherit it
+        _TOKENIZER.encode("Warm up the tokenizer, once.")
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(factory,))
+        results = pool.imap_unordered(_worker_run, tasks)
+    else:
+        _worker_init(factory)
+        results = map(_worker_run, tasks)
+    bar = tqdm(
+        total=total,
+        unit="doc",
+        disable=not progress,
+        smoothing=0.1,
+        file=sys.stderr,
+        desc="tokenizing",
+    )
+    try:
+        for index, pid, start, new, ids, lengths, bad in results:
+            collector.add_tokens(pid, start, new)
+            collector.add_docs(pid, ids, lengths, meta.pop(index), bad)
+            bar.update(len(lengths))
+        if pool is not None:
+            pool.close()
+            pool.join()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    return collector
+
+
+def tokenize_source(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    options: VocabOptions | None = None,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    cache_dir: str | None = None,
+    sha256: str | None = None,
+    tokenizer_factory: Callable | None = None,
+) -> Path:
+    """``python -m fastulm.tokenize SRC OUT``: the whole job in one process tree."""
+    options = options or VocabOptions()
+    _check_out(out, force)
+    if options.vocab_path:
+        Vocab.load(options.vocab_path)  # fail before the work, not after
+    source = open_source(src, cache_dir=cache_dir, sha256=sha256)
+    t0 = time.perf_counter()
+    collector = collect(source, workers, progress=progress, tokenizer_factory=tokenizer_factory)
+    if collector.n_docs == 0:
+        raise DataError(f"{source.path}: no review files")
+    path = finish(collector, out, options, force=force)
+    if progress:
+        n_tok = sum(
+            v["tokens"] for v in json.loads((path / "meta.json").read_text())["splits"].values()
+        )
+        dt = time.perf_counter() - t0
+        print(f"{collector.n_docs} docs, {n_tok} tokens in {dt:.1f} s -> {path}", file=sys.stderr)
+    return path
+
+
+def _check_out(out: str | os.PathLike, force: bool) -> None:
+    out = Path(out)
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out}: exists and is not empty (use --force to replace)")
+
+
+# ---------------------------------------------------------------- parts (many machines)
+
+
+def tokenize_shard(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    num_shards: int,
+    shard_index: int,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    cache_dir: str | None = None,
+    sha256: str | None = None,
+    tokenizer_factory: Callable | None = None,
+) -> Path:
+    """Tokenize every ``num_shards``-th document (from ``shard_index``) into a part folder."""
+    if not 0 <= shard_index < num_shards:
+        raise DataError(f"--shard-index must be in 0..{num_shards - 1}, got {shard_index}")
+    _check_out(out, force)
+    source = open_source(src, cache_dir=cache_dir, sha256=sha256)
+    collector = collect(source, workers, num_shards, shard_index, progress, tokenizer_factory)
+    perm, stream, offsets, _ = collector.canonical()
+    counts = np.bincount(stream, minlength=len(collector.tokens)).astype(np.int64)
+    docs = pa.RecordBatch.from_arrays(
+        [
+            pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(stream)),
+            pa.array(np.asarray(collector.labels, np.int64)[perm]),
+            pa.array([collector.doc_ids[p] for p in perm], pa.string()),
+            pa.array([collector.doc_splits[p] for p in perm], pa.string()),
+        ],
+        schema=PART_SCHEMA,
+    )
+    tokens = pa.RecordBatch.from_arrays(
+        [pa.array(collector.tokens, pa.string()), pa.array(counts)], names=["token", "count"]
+    )
+    meta = {
+        "format": PART_FORMAT,
+        "num_shards": num_shards,
+        "shard_index": shard_index,
+        "source": collector.source,
+        "splits": list(collector.splits),
+        "label_names": collector.label_names,
+        "sort_by": collector.sort_by,
+        "docs": collector.n_docs,
+        "non_utf8": sorted(collector.non_utf8),
+    }
+    with OutputDir(out, force) as target:
+        write_arrow(target.tmp / "tokens.arrow", tokens)
+        write_arrow(target.tmp / "docs.arrow", docs)
+        write_json(target.tmp / "part.json", meta)
+        return target.commit()
+
+
+def _read_part(path: Path) -> tuple[dict, pa.RecordBatch, pa.RecordBatch]:
+    meta_path = path / "part.json"
+    if not meta_path.exists():
+        raise DataError(f"{path}: not a complete part (no part.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != PART_FORMAT:
+            raise DataError(f"{meta_path}: not a {PART_FORMAT} file")
+        tables = []
+        for name in ("tokens.arrow", "docs.arrow"):
+            reader = pa.ipc.open_file(pa.memory_map(str(path / name), "r"))
+            tables.append(reader.get_batch(0))
+    except (OSError, ValueError, pa.ArrowInvalid) as err:
+        raise DataError(f"{path}: unreadable part ({str(err).splitlines()[0]})") from None
+    return meta, tables[0], tables[1]
+
+
+def merge_parts(
+    parts: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    options: VocabOptions | None = None,
+    force: bool = False,
+) -> Path:
+    """Combine the parts of a sharded run into the same corpus a single run writes."""
+    options = options or VocabOptions()
+    _check_out(out, force)
+    read = [(Path(p), *_read_part(Path(p))) for p in parts]
+    first = read[0][1]
+    k = first["num_shards"]
+    got = sorted(m["shard_index"] for _, m, _, _ in read)
+    if got != list(range(k)):
+        missing = sorted(set(range(k)) - set(got))
+        raise DataError(
+            f"parts do not make a whole: {k} shards expected, "
+            + (f"missing shard(s) {missing}" if missing else f"shard indices {got}")
+        )
+    for path, m, _, _ in read:
+        for key in ("num_shards", "source", "splits", "label_names", "sort_by"):
+            if m[key] != first[key]:
+                raise DataError(f"{path}: {key} differs from {read[0][0]} ({m[key]!r})")
+    collector = Collector(
+        first["source"], tuple(first["splits"]), first["label_names"], first["sort_by"]
+    )
+    for path, m, tokens, docs in read:
+        collector.add_tokens(path, 0, tokens.column("token").to_pylist())
+        col = docs.column("ids")
+        collector.add_docs(
+            path,
+            col.values.to_numpy(),
+            np.diff(col.offsets.to_numpy()),
+            list(
+                zip(
+                    docs.column("label").to_pylist(),
+                    docs.column("split").to_pylist(),
+                    docs.column("id").to_pylist(),
+                )
+            ),
+        )
+        collector.non_utf8.extend(m["non_utf8"])
+    return finish(collector, out, options, force=force)
