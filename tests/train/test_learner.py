@@ -45,7 +45,7 @@ def test_fit_follows_one_cycle_and_loss_falls(tmp_path):
         assert [lrs[i] for i in range(4)] == pytest.approx(sched.lrs(step))
         assert mom == pytest.approx(sched.mom(step))
     assert len(rows) == 2
-    learn.fit_one_cycle(3, 1e-2)
+    learn.fit_one_cycle(5, 1e-1)
     rows = learn.history["epochs"]
     assert rows[-1]["valid_loss"] < rows[0]["valid_loss"] - 0.3
     assert rows[-1]["perplexity"] == pytest.approx(
@@ -145,10 +145,10 @@ def test_oom_names_settings(tmp_path):
 def test_lr_find_restores_model_and_suggests(tmp_path, capsys):
     learn = lm_learner(tmp_path)
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
-    res = learn.lr_find(num_it=40)
-    assert 6 < len(res.lrs) <= 40
+    res = learn.lr_find(end_lr=1.0, num_it=30)
+    assert len(res.lrs) == 30
     assert res.lrs == sorted(res.lrs)
-    assert 1e-7 <= res.valley <= 10 and 1e-7 <= res.steep <= 10
+    assert 1e-7 <= res.valley <= 1 and 1e-7 <= res.steep <= 1
     assert (tmp_path / "lr_find.png").stat().st_size > 1000
     assert "suggested learning rates" in capsys.readouterr().out
     for k, v in learn.model.state_dict().items():
@@ -157,8 +157,8 @@ def test_lr_find_restores_model_and_suggests(tmp_path, capsys):
 
 def test_lr_find_stops_on_divergence(tmp_path):
     learn = lm_learner(tmp_path)
-    res = learn.lr_find(start_lr=1e-1, end_lr=1e6, num_it=100, plot=False)
-    assert len(res.lrs) < 100  # stopped before the end of the sweep
+    res = learn.lr_find(start_lr=3.0, end_lr=1e7, num_it=100, plot=False)
+    assert len(res.lrs) < 50  # stopped before the end of the sweep
 
 
 def test_save_load_roundtrip(tmp_path):
