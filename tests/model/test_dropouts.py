@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from fastulm.kernels import weight_drop
 from torch import nn
 
-from fastulm.kernels import weight_drop
 from fastulm.model.awd_lstm import WeightDropLSTM
 from fastulm.model.dropouts import EmbeddingDropout, RNNDropout
 
