@@ -394,7 +394,7 @@ def _open_table(path: Path, kind: str) -> Source:
             table = csv.read_csv(
                 path,
                 convert_options=csv.ConvertOptions(
-                    column_types={"text": pa.string(), "is_valid": pa.bool_()},
+                    column_types={"text": pa.string()},
                     strings_can_be_null=True,
                 ),
             )

@@ -1,0 +1,127 @@
+"""``python -m fastulm.tokenize``: reviews -> fastai-identical tokens -> an Arrow corpus.
+
+    python -m fastulm.tokenize SRC OUT [--workers N] [--max-vocab 60000] [--min-freq 2]
+                                       [--vocab-from train,unsup | --vocab PATH] [--force]
+    python -m fastulm.tokenize SRC PART --num-shards K --shard-index I   (one slice)
+    python -m fastulm.tokenize --merge PART... OUT                        (combine slices)
+    python -m fastulm.tokenize --show OUT [--split train] [-n 5]
+
+SRC is an aclImdb folder, its .tar.gz, a fastai-layout folder, a CSV or Parquet file with
+``label,text,is_valid``, or an http(s) URL of one of those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from fastulm.data import DataError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastulm.tokenize",
+        description="Tokenize reviews (fastai-identical) into a memory-mapped Arrow corpus.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[1],
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="SRC OUT, or PART... OUT with --merge")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--max-vocab", type=int, default=60000)
+    p.add_argument("--min-freq", type=int, default=2)
+    p.add_argument(
+        "--vocab-from",
+        default=None,
+        metavar="SPLITS",
+        help="comma-separated splits the vocab counts (default: all)",
+    )
+    p.add_argument(
+        "--vocab",
+        default=None,
+        metavar="PATH",
+        help="reuse this vocab.json (or a corpus folder's) instead of building one",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--num-shards", type=int, default=None, metavar="K")
+    p.add_argument("--shard-index", type=int, default=None, metavar="I")
+    p.add_argument("--merge", action="store_true", help="combine shard parts: PART... OUT")
+    p.add_argument("--show", default=None, metavar="OUT", help="print a few decoded documents")
+    p.add_argument("--split", default=None, help="with --show: which split (default: first)")
+    p.add_argument("-n", type=int, default=5, help="with --show: how many documents")
+    p.add_argument("--cache-dir", default=None, help="where URLs are downloaded")
+    p.add_argument("--sha256", default=None, help="expected sha256 of a downloaded SRC")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    from fastulm.data.pipeline import VocabOptions, merge_parts, tokenize_shard, tokenize_source
+
+    if args.show is not None:
+        from fastulm.data.corpus import open_corpus
+
+        corpus = open_corpus(args.show)
+        splits = [args.split] if args.split else corpus.split_names
+        for name in splits:
+            if name not in corpus:
+                raise DataError(f"{args.show}: no split {name!r} (has {corpus.split_names})")
+            print(corpus.show(name, n=args.n))
+        return
+    if args.vocab and args.vocab_from:
+        parser.error("--vocab and --vocab-from exclude each other")
+    options = VocabOptions(
+        max_vocab=args.max_vocab if args.max_vocab > 0 else None,
+        min_freq=args.min_freq,
+        vocab_from=args.vocab_from.split(",") if args.vocab_from else None,
+        vocab_path=args.vocab,
+    )
+    if args.merge:
+        if len(args.paths) < 2:
+            parser.error("--merge needs PART... OUT")
+        merge_parts(args.paths[:-1], args.paths[-1], options, force=args.force)
+        return
+    if len(args.paths) != 2:
+        parser.error("expected SRC OUT")
+    src, out = args.paths
+    common = dict(
+        workers=args.workers,
+        force=args.force,
+        progress=not args.quiet,
+        cache_dir=args.cache_dir,
+        sha256=args.sha256,
+    )
+    if args.num_shards is not None or args.shard_index is not None:
+        if args.num_shards is None or args.shard_index is None or args.num_shards < 1:
+            parser.error("--num-shards K and --shard-index I go together (K >= 1)")
+        tokenize_shard(src, out, args.num_shards, args.shard_index, **common)
+        return
+    tokenize_source(src, out, options, **common)
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so temporary output is removed on the way out.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run(args, parser)
+    except DataError as err:
+        print(f"fastulm.tokenize: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fastulm.tokenize: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"fastulm.tokenize: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The tokenize pipeline: corpus content, determinism, shards, vocab options, bad input."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TEXTS, make_tar
+from fastulm.data import DataError
+from fastulm.data.corpus import open_corpus
+from fastulm.data.pipeline import VocabOptions, merge_parts, tokenize_shard, tokenize_source
+from fastulm.text import tokenize_texts
+
+RANK = {"train": 0, "test": 1, "unsup": 2, "valid": 1}
+
+
+def _run(src, out, **kw):
+    kw.setdefault("workers", 1)
+    return tokenize_source(src, out, progress=False, **kw)
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def test_corpus_holds_every_review_in_order(tiny_imdb, tmp_path):
+    root, expected = tiny_imdb
+    corpus = open_corpus(_run(root, tmp_path / "out", options=VocabOptions(min_freq=1)))
+    assert corpus.split_names == ["train", "test", "unsup"]
+    assert corpus.label_names == ["neg", "pos"]
+    want = sorted(expected, key=lambda k: (RANK[k[0]], k[1]))
+    got = [
+        (s, corpus[s].doc_ids[i].as_py()) for s in corpus.split_names for i in range(len(corpus[s]))
+    ]
+    assert got == want
+    # min_freq=1: every token is in the vocab, so decoding gives the tokenizer's tokens back
+    for split, doc_id in want:
+        data = corpus[split]
+        i = data.doc_ids.to_pylist().index(doc_id)
+        text, label = expected[(split, doc_id)]
+        assert corpus.vocab.decode(data.doc(i)) == tokenize_texts([text])[0]
+        assert data.labels[i] == label
+        assert data.doc(i)[0] == 2  # xxbos
+    meta = corpus.meta
+    assert meta["splits"]["train"]["docs"] == 7 and meta["splits"]["unsup"]["docs"] == 5
+    for s in corpus.split_names:
+        ids = corpus[s].ids
+        assert meta["splits"][s]["tokens"] == len(ids)
+        assert meta["splits"][s]["unknown_rate"] == pytest.approx(np.mean(ids == 0))
+    assert meta["source"]["kind"] == "imdb-folder" and meta["non_utf8_files"] == 0
+
+
+def test_folder_archive_and_worker_counts_byte_identical(tiny_imdb, tmp_path):
+    root, _ = tiny_imdb
+    one = _run(root, tmp_path / "w1")
+    two = _run(root, tmp_path / "w2", workers=2)
+    assert _files(one) == _files(two)
+    tar = _run(make_tar(root, tmp_path / "a.tar.gz"), tmp_path / "tar", workers=2)
+    a, b = _files(one), _files(tar)
+    assert a.keys() == b.keys()
+    assert all(a[k] == b[k] for k in a if k != "meta.json")  # meta names the source
+
+
+def test_shards_then_merge_equal_single_run(tiny_imdb, tmp_path):
+    root, _ = tiny_imdb
+    single = _run(root, tmp_path / "single")
+    parts = [
+        tokenize_shard(root, tmp_path / f"part{i}", 3, i, workers=1, progress=False)
+        for i in (2, 0, 1)
+    ]
+    merged = merge_parts(parts, tmp_path / "merged")
+    assert _files(single) == _files(merged)
+    with pytest.raises(DataError, match=r"missing shard\(s\) \[1\]"):
+        merge_parts(parts[:2], tmp_path / "bad")
+    with pytest.raises(DataError, match="part0: not a complete part"):
+        (parts[1] / "part.json").unlink()
+        merge_parts(parts, tmp_path / "bad")
+
+
+def test_vocab_from_and_reuse(tiny_imdb, tmp_path):
+    root, expected = tiny_imdb
+    test_only = Counter(
+        t
+        for (s, _), (text, _) in expected.items()
+        if s == "test"
+        for t in tokenize_texts([text])[0]
+    )
+    others = Counter(
+        t
+        for (s, _), (text, _) in expected.items()
+        if s != "test"
+        for t in tokenize_texts([text])[0]
+    )
+    only = sorted(set(test_only) - set(others))
+    assert only
+    full = open_corpus(_run(root, tmp_path / "all", options=VocabOptions(min_freq=1)))
+    part = open_corpus(
+        _run(root, tmp_path / "tu", options=VocabOptions(min_freq=1, vocab_from=["train", "unsup"]))
+    )
+    assert all(t in full.vocab.stoi for t in only)
+    assert not any(t in part.vocab.stoi for t in only)
+    assert part.meta["splits"]["test"]["unknown_rate"] > 0
+    reused = open_corpus(
+        _run(
+            root,
+            tmp_path / "re",
+            options=VocabOptions(vocab_path=str(tmp_path / "tu" / "vocab.json")),
+        )
+    )
+    assert reused.vocab == part.vocab
+    assert np.array_equal(reused["test"].ids, part["test"].ids)
+    with pytest.raises(DataError, match="no split 'valid'"):
+        _run(root, tmp_path / "x", options=VocabOptions(vocab_from=["valid"]))
+
+
+def test_empty_whitespace_non_utf8_and_huge_reviews(tiny_imdb, tmp_path):
+    root, _ = tiny_imdb
+    pos = root / "train" / "pos"
+    (pos / "100_1.txt").write_text("")
+    (pos / "101_1.txt").write_text("   \n\t  ")
+    (pos / "102_1.txt").write_bytes(b"Caf\xe9 au lait. " * 3)
+    review = TEXTS[12]  # "The actors try hard ... fall flat."
+    big = "\n".join([review] * (3_000_000 // len(review) + 1))
+    assert len(big) > 3_000_000
+    (pos / "103_1.txt").write_text(big)
+    corpus = open_corpus(_run(root, tmp_path / "out", options=VocabOptions(min_freq=1)))
+    train = corpus["train"]
+    ids = train.doc_ids.to_pylist()
+
+    def doc(name):
+        return corpus.vocab.decode(train.doc(ids.index(f"train/pos/{name}")))
+
+    assert doc("100_1.txt") == ["xxbos"]
+    assert doc("101_1.txt") == ["xxbos"]
+    assert doc("102_1.txt") == tokenize_texts(["Caf\ufffd au lait. " * 3])[0]
+    assert corpus.meta["non_utf8_files"] == 1
+    assert corpus.meta["non_utf8_examples"] == ["train/pos/102_1.txt"]
+    one = tokenize_texts([review])[0][1:]
+    copies = big.count("\n") + 1
+    assert doc("103_1.txt") == ["xxbos"] + ([*one, "\n"]) * (copies - 1) + one
+
+
+@pytest.mark.reference
+def test_huge_review_same_as_fastai_with_raised_limit(fastai_text):
+    """Two copies through fastai (its spaCy refuses >1e6 chars) fix the join's tokens."""
+    review = TEXTS[12]
+    want = fastai_text.tokenize_texts(["\n".join([review] * 2)])[0]
+    one = tokenize_texts([review])[0][1:]
+    assert list(want) == ["xxbos", *one, "\n", *one]
+
+
+def test_out_must_be_new_or_forced(tiny_imdb, tmp_path):
+    root, _ = tiny_imdb
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("precious")
+    with pytest.raises(DataError, match="out: exists and is not empty"):
+        _run(root, out)
+    assert (out / "mine.txt").read_text() == "precious"
+    _run(root, out, force=True)
+    assert not (out / "mine.txt").exists()
+    open_corpus(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aclImdb", "out"]  # no temporaries
+
+
+def test_empty_out_folder_is_fine(tiny_imdb, tmp_path):
+    root, _ = tiny_imdb
+    (tmp_path / "out").mkdir()
+    open_corpus(_run(root, tmp_path / "out"))
+
+
+def test_csv_sample_split_and_labels(imdb_sample, tmp_path):
+    import pyarrow.csv as pcsv
+
+    table = pcsv.read_csv(imdb_sample / "texts.csv")
+    table = table.take(list(range(0, 800, 10)) + list(range(800, 1000, 5)))  # valid rows last
+    small = tmp_path / "small.csv"
+    pcsv.write_csv(table, small)
+    corpus = open_corpus(_run(small, tmp_path / "out"))
+    assert corpus.split_names == ["train", "valid"]
+    assert corpus.label_names == ["negative", "positive"]
+    rows = table.to_pylist()
+    for split, flag in (("train", False), ("valid", True)):
+        want = [i for i, r in enumerate(rows) if r["is_valid"] == flag]
+        data = corpus[split]
+        assert [int(x) for x in data.doc_ids.to_pylist()] == want
+        assert data.labels.tolist() == [corpus.label_names.index(rows[i]["label"]) for i in want]
+
+
+@pytest.mark.reference
+def test_sample_vocab_and_ids_match_fastai(imdb_sample, fastai_text, tmp_path):
+    """The whole sample: fastai's reference tokens, Counter in corpus order, make_vocab and
+    Numericalize give exactly our vocab.json and ids."""
+    from fastai.text.data import Numericalize, make_vocab
+
+    corpus = open_corpus(_run(imdb_sample / "texts.csv", tmp_path / "out", workers=2))
+    ref = {
+        json.loads(line)["row"]: json.loads(line)["tokens"]
+        for line in (imdb_sample / "fastai_tokens.jsonl").open()
+    }
+    order = [int(i) for s in corpus.split_names for i in corpus[s].doc_ids.to_pylist()]
+    counts = Counter(t for r in order for t in ref[r])
+    assert corpus.vocab.itos == make_vocab(counts, min_freq=2, max_vocab=60000)
+    num = Numericalize(min_freq=2, max_vocab=60000)
+    num.setups([ref[r] for r in order])
+    assert num.vocab == corpus.vocab.itos
+    got = [corpus[s].doc(i).tolist() for s in corpus.split_names for i in range(len(corpus[s]))]
+    assert got == [num.encodes(ref[r]).tolist() for r in order]
