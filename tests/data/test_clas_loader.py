@@ -197,3 +197,36 @@ def test_bad_arguments():
         ClasLoader(split, bs=2, rank=3, world_size=2)
     with pytest.raises(ValueError, match="max_len"):
         ClasLoader(split, bs=2, max_len=0)
+
+
+@pytest.mark.reference
+def test_imdb_sample_corpus_matches_fastai(fastai_text, imdb_sample, tmp_path, capsys):
+    import csv
+    import json
+    from collections import Counter
+
+    from fastulm.data.corpus import open_corpus, split_batch, write_corpus
+    from fastulm.data.vocab import Vocab
+
+    lines = (imdb_sample / "fastai_tokens.jsonl").read_text(encoding="utf-8").split("\n")
+    rows = sorted((json.loads(x) for x in lines if x.strip()), key=lambda r: r["row"])
+    tokens = [r["tokens"] for r in rows]
+    with open(imdb_sample / "texts.csv", encoding="utf-8", newline="") as f:
+        labels = [int(m["label"] == "positive") for m in csv.DictReader(f)]
+    vocab = Vocab.build(Counter(t for doc in tokens for t in doc), min_freq=2)
+    docs = [vocab.numericalize(t) for t in tokens]
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+    batch = split_batch(np.concatenate(docs), offsets, labels, [str(i) for i in range(len(docs))])
+    write_corpus(tmp_path / "c", vocab, {"train": batch}, {"label_names": ["neg", "pos"]})
+    corpus = open_corpus(tmp_path / "c")
+
+    valid = ClasLoader(corpus["train"], bs=64, bptt=72)
+    assert_same_batches(batches(valid), fastai_batches(fastai_text, docs, labels, 64, 72, False))
+    train = ClasLoader(corpus["train"], bs=64, bptt=72, shuffle=True, seed=0)
+    ref = fastai_batches(fastai_text, docs, labels, 64, 72, True, np_seed=[0, 0, 0])
+    assert_same_batches(batches(train), ref)
+    shown = valid.show_batch(corpus.vocab, corpus.label_names, n=2)
+    longest = int(np.argmax([len(d) for d in docs]))
+    expected = " ".join(vocab.decode(docs[longest][:40]))  # rare words are xxunk now
+    assert shown[0] == (expected, ["neg", "pos"][labels[longest]])
+    assert expected.startswith("xxbos xxmaj with xxmaj iphigenia")

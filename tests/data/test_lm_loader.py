@@ -223,3 +223,42 @@ def test_show_batch_decodes_rows(capsys):
     ]
     out = capsys.readouterr().out
     assert "text_" in out and rows[0][0][:20] in out
+
+
+def write_sample_corpus(imdb_sample, out):
+    """The IMDB sample's reference tokens as a corpus written by fastulm.data.corpus."""
+    import csv
+    import json
+    from collections import Counter
+
+    from fastulm.data.corpus import open_corpus, split_batch, write_corpus
+    from fastulm.data.vocab import Vocab
+
+    lines = (imdb_sample / "fastai_tokens.jsonl").read_text(encoding="utf-8").split("\n")
+    rows = sorted((json.loads(x) for x in lines if x.strip()), key=lambda r: r["row"])
+    tokens = [r["tokens"] for r in rows]
+    with open(imdb_sample / "texts.csv", encoding="utf-8", newline="") as f:
+        meta = list(csv.DictReader(f))
+    vocab = Vocab.build(Counter(t for doc in tokens for t in doc), min_freq=2)
+    splits, docs = {}, {}
+    for name, valid in (("train", "False"), ("valid", "True")):
+        sel = [i for i, m in enumerate(meta) if m["is_valid"] == valid]
+        docs[name] = [vocab.numericalize(tokens[i]) for i in sel]
+        offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs[name]])])
+        labels = [int(meta[i]["label"] == "positive") for i in sel]
+        splits[name] = split_batch(
+            np.concatenate(docs[name]), offsets, labels, [str(i) for i in sel]
+        )
+    write_corpus(out, vocab, splits, {"label_names": ["negative", "positive"]})
+    return open_corpus(out), docs
+
+
+@pytest.mark.reference
+def test_imdb_sample_corpus_matches_fastai(fastai_text, imdb_sample, tmp_path, capsys):
+    corpus, docs = write_sample_corpus(imdb_sample, tmp_path / "corpus")
+    loader = LMLoader([corpus["train"], corpus["valid"]], bs=64, bptt=72)
+    ref = fastai_batches(fastai_text, docs["train"] + docs["valid"], 64, 72)
+    assert_same_batches(batches(loader), ref)
+    rows = loader.show_batch(corpus.vocab, n=3)
+    assert rows[0][0].startswith("xxbos xxmaj check out the film 's website")
+    assert rows[0][1].startswith("xxmaj check out the film 's website")
