@@ -102,3 +102,26 @@ def test_weight_drop_off_in_eval():
     out, _ = layer(x, (zeros, zeros))
     expected = _torch_lstm(layer, x, layer.weight_hh_l0_raw.detach())
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_flat_weight_views_give_identical_output_and_gradients():
+    """The single-buffer weight list built for cuDNN changes nothing numerically (checked on
+    the CPU here; on CUDA it is what lets cuDNN use the weights without compacting them)."""
+    from fastulm.model.awd_lstm import _cudnn_flat
+
+    torch.manual_seed(0)
+    ws = [torch.randn(12, 4), torch.randn(12, 3), torch.randn(12), torch.randn(12)]
+    ws = [w.requires_grad_() for w in ws]
+    x = torch.randn(2, 5, 4)
+    h = (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3))
+    outs, grads = [], []
+    for weights in (ws, _cudnn_flat(ws)):
+        out = torch.lstm(x, h, weights, True, 1, 0.0, True, False, True)[0]
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.pow(2).sum(), ws))
+    views = _cudnn_flat(ws)
+    assert all(
+        v.untyped_storage().data_ptr() == views[0].untyped_storage().data_ptr() for v in views
+    )
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
