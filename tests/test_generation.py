@@ -184,3 +184,26 @@ def test_classify_edge_cases(clf):
     assert classify(clf, [], bs=4).shape == (0, 0)
     with pytest.raises(ValueError, match="no tokens"):
         classify(clf, [np.array([], dtype=np.int32)], bs=4)
+
+
+@pytest.mark.reference
+def test_each_step_equals_the_reference_rerunning_the_prompt(fastai_text, lm):
+    """fastai's predict resets and reruns the whole sequence each step; same distributions."""
+    ref = fastai_text.get_language_model(
+        fastai_text.AWD_LSTM, V, config=dict(fastai_text.awd_lstm_lm_config, **SMALL)
+    )
+    ref.load_state_dict(lm.state_dict())
+    ref.eval()
+    lm.eval()
+    seq = [2, 9, 4, 17]
+    with torch.no_grad():
+        stepper = LMStepper(lm, seq)
+        for step in range(10):
+            ref.reset()
+            expected = torch.softmax(ref(torch.tensor([seq]))[0][0, -1], -1)
+            torch.testing.assert_close(
+                torch.softmax(stepper.logits, -1), expected, atol=1e-6, rtol=1e-5
+            )
+            tok = int(expected.argmax()) if step % 2 else (step * 7) % V
+            seq.append(tok)
+            stepper.feed(tok)
