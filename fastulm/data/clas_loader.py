@@ -97,6 +97,13 @@ class ClasLoader:
         self._offsets = np.asarray(split.offsets, dtype=np.int64)
         self._lengths = np.diff(self._offsets)
         self._labels = np.asarray(split.labels, dtype=np.int64)
+        n_unlabelled = int(np.count_nonzero(self._labels < 0))
+        if n_unlabelled:
+            name = getattr(split, "name", "split")
+            raise ValueError(
+                f"{name}: {n_unlabelled} of {len(self._labels)} documents have no label (-1); "
+                "a classifier trains and validates on labelled documents only"
+            )
 
         self.epoch = 0
         self._resume: tuple[int, int] | None = None

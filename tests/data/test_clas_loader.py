@@ -197,6 +197,9 @@ def test_bad_arguments():
         ClasLoader(split, bs=2, rank=3, world_size=2)
     with pytest.raises(ValueError, match="max_len"):
         ClasLoader(split, bs=2, max_len=0)
+    split.labels[3] = -1
+    with pytest.raises(ValueError, match="1 of 10 documents have no label"):
+        ClasLoader(split, bs=2)
 
 
 @pytest.mark.reference
