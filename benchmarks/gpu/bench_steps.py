@@ -1,0 +1,272 @@
+"""Training steps and memory meters shared by the CPU benchmarks and the GPU suite.
+
+A "step" is one forward + backward (optimizer excluded: Adam's state is the same size on both
+sides) of the LM or the fully unfrozen classifier, for fastulm (with each memory-saving piece
+switchable) or for the reference (fastai 2.8.12), on the same random inputs.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above what was allocated before the
+step (parameters, inputs). On the CPU there is no allocator statistic, so :class:`PeakMemory`
+(a TorchDispatchMode) counts the bytes of every live tensor storage that an op creates during
+the step, freed when the storage dies; fastulm's custom ops run *inside* the meter so their
+temporaries count too. Scratch memory inside a single aten kernel (oneDNN/cuDNN workspaces) is
+invisible to it, on both sides alike.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+MiB = 2**20
+
+
+class PeakMemory(TorchDispatchMode):
+    """Peak bytes of tensor storages created (and still alive) while the mode is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, tuple[int, weakref.ref]] = {}
+
+    def _track(self, out) -> None:
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+                continue
+            st = t.untyped_storage()
+            key, n = st.data_ptr(), st.nbytes()
+            if n == 0 or key in self._live:
+                continue
+            self._live[key] = (n, weakref.ref(st, lambda _r, key=key: self._free(key)))
+            self.current += n
+            self.peak = max(self.peak, self.current)
+
+    def _free(self, key: int) -> None:
+        entry = self._live.pop(key, None)
+        if entry is not None:
+            self.current -= entry[0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        impl = _custom_impl(func)
+        if impl is not None:  # run the op's python body under the meter: count its temporaries
+            with self:
+                out = impl(*args, **kwargs)
+        else:
+            out = func(*args, **kwargs)
+        self._track(out)
+        return out
+
+
+def _custom_impl(func) -> Callable | None:
+    """The python body of a fastulm custom op (None for any other op)."""
+    if getattr(func, "namespace", None) != "fastulm":
+        return None
+    from torch._library.custom_ops import OPDEFS
+
+    opdef = OPDEFS.get(func._schema.name)
+    return None if opdef is None else opdef._init_fn
+
+
+@dataclass
+class Measure:
+    seconds: float  # median wall time of one step
+    peak_mib: float  # peak memory of one step above what existed before it
+
+
+def measure(step: Callable[[], None], device: torch.device, repeats: int = 3) -> Measure:
+    """Median step time over ``repeats`` (after one warm-up) and the step's peak memory."""
+    step()  # warm-up: lazy init, oneDNN/cuDNN plans, Triton compiles
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return Measure(times[len(times) // 2], peak_mib(step, device))
+
+
+def peak_mib(step: Callable[[], None], device: torch.device) -> float:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / MiB
+    with PeakMemory() as meter:
+        step()
+    return meter.peak / MiB
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def lm_batch(vocab: int, bs: int, bptt: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (bs, bptt + 1), generator=g)
+    return ids[:, :-1].contiguous().to(device), ids[:, 1:].contiguous().to(device)
+
+
+def clas_batch(vocab: int, bs: int, seq_len: int, bptt: int, device, seed: int = 0):
+    """Documents of about ``seq_len`` tokens in fastai's pad_chunk layout (pad id 1): lengths
+    drawn in [seq_len - 2*bptt, seq_len], leading pads in whole bptt chunks, the rest trailing."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.ones(bs, seq_len, dtype=torch.long)
+    low = max(1, seq_len - 2 * bptt)
+    lengths = torch.randint(low, seq_len + 1, (bs,), generator=g)
+    lengths[0] = seq_len
+    for b, n in enumerate(lengths.tolist()):
+        front = (seq_len - n) // bptt * bptt
+        ids[b, front : front + n] = torch.randint(2, vocab, (n,), generator=g)
+        ids[b, front] = 2  # xxbos
+    labels = torch.randint(0, 2, (bs,), generator=g)
+    return ids.to(device), labels.to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def fastulm_lm_step(
+    vocab: int,
+    bs: int,
+    bptt: int,
+    device,
+    *,
+    fused_ce: bool = True,
+    checkpoint: bool = False,
+    amp: torch.dtype | None = None,
+) -> Callable[[], None]:
+    from fastulm.model import AWDLSTMConfig, get_language_model
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    cfg = AWDLSTMConfig.lm(drop_mult=0.3, bptt=bptt, checkpoint=checkpoint)
+    model = get_language_model(vocab, cfg).to(device).train()
+    x, y = lm_batch(vocab, bs, bptt, device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model.reset()
+        with _autocast(device, amp):
+            if fused_ce:
+                loss = model.loss(x, y).loss
+            else:
+                logits = model(x).logits
+                loss = F.cross_entropy(logits.reshape(-1, vocab).float(), y.reshape(-1))
+        loss.backward()
+
+    return step
+
+
+def fastai_lm_step(
+    vocab: int, bs: int, bptt: int, device, *, amp: torch.dtype | None = None
+) -> Callable[[], None]:
+    from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_lm_config
+    from fastai.text.models.core import get_language_model
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    model = get_language_model(AWD_LSTM, vocab, awd_lstm_lm_config.copy(), drop_mult=0.3)
+    model = model.to(device).train()
+    x, y = lm_batch(vocab, bs, bptt, device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model.reset()
+        with _autocast(device, amp):
+            logits = model(x)[0]
+            loss = F.cross_entropy(logits.reshape(-1, vocab).float(), y.reshape(-1))
+        loss.backward()
+
+    return step
+
+
+def fastulm_clas_step(
+    vocab: int,
+    bs: int,
+    seq_len: int,
+    device,
+    *,
+    bptt: int = 72,
+    checkpoint: bool = False,
+    fused_pool: bool = True,
+    amp: torch.dtype | None = None,
+) -> Callable[[], None]:
+    from fastulm.kernels.concat_pool import masked_concat_pool_reference
+    from fastulm.model import AWDLSTMConfig, get_classifier
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    cfg = AWDLSTMConfig.classifier(drop_mult=0.5, bptt=bptt, checkpoint=checkpoint)
+    model = get_classifier(vocab, 2, cfg).to(device).train()
+    x, y = clas_batch(vocab, bs, seq_len, bptt, device)
+    encoder, head = model._modules["0"], model.head
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model.reset()
+        with _autocast(device, amp):
+            if fused_pool:
+                logits = model(x).logits
+            else:  # the same model with fastai's pooling formula (masked copies)
+                out, mask, _ = encoder(x)
+                logits = head.layers(masked_concat_pool_reference(out, mask, bptt)).float()
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+
+    return step
+
+
+def fastai_clas_step(
+    vocab: int,
+    bs: int,
+    seq_len: int,
+    device,
+    *,
+    bptt: int = 72,
+    amp: torch.dtype | None = None,
+) -> Callable[[], None]:
+    from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_clas_config
+    from fastai.text.models.core import get_text_classifier
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    model = get_text_classifier(
+        AWD_LSTM, vocab, 2, seq_len=bptt, config=awd_lstm_clas_config.copy(), drop_mult=0.5
+    )
+    model = model.to(device).train()
+    x, y = clas_batch(vocab, bs, seq_len, bptt, device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model.reset()
+        with _autocast(device, amp):
+            logits = model(x)[0]
+            loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+
+    return step
