@@ -95,14 +95,16 @@ class OutputDir:
 
 
 def write_corpus(
-    out: str | os.PathLike,
+    out: str | os.PathLike | OutputDir,
     vocab: Vocab,
     splits: Mapping[str, pa.RecordBatch],
     meta: dict,
     force: bool = False,
 ) -> Path:
-    """Write a whole corpus atomically; ``meta`` gets the format and per-split counts."""
-    with OutputDir(out, force) as target:
+    """Write a whole corpus atomically; ``meta`` gets the format and per-split counts.
+
+    ``out`` may be an ``OutputDir`` claimed before a long job started."""
+    with out if isinstance(out, OutputDir) else OutputDir(out, force) as target:
         vocab.save(target.tmp / "vocab.json")
         counts = {}
         for name, batch in splits.items():

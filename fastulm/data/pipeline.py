@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -104,8 +105,11 @@ def default_tokenizer():
     return Tokenizer()
 
 
-def _worker_init(factory: Callable) -> None:
+def _worker_init(factory: Callable, child: bool = False) -> None:
     global _TOKENIZER, _SENT
+    if child:  # the parent handles Ctrl-C and SIGTERM and stops the pool itself
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _TOKENIZER, _SENT = factory(), 0
 
 
@@ -225,7 +229,10 @@ def _check_unique_ids(collector: Collector) -> None:
 
 
 def finish(
-    collector: Collector, out: str | os.PathLike, options: VocabOptions, force: bool = False
+    collector: Collector,
+    out: str | os.PathLike | OutputDir,
+    options: VocabOptions,
+    force: bool = False,
 ) -> Path:
     """Vocab, numericalization and the corpus files from everything collected."""
     if collector.n_docs == 0:
@@ -341,7 +348,7 @@ def collect(
         _TOKENIZER.encode("Warm up the tokenizer, once.")
         methods = mp.get_all_start_methods()
         ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(factory,))
+        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(factory, True))
         results = pool.imap_unordered(_worker_run, tasks)
     else:
         _worker_init(factory)
@@ -382,15 +389,14 @@ def tokenize_source(
 ) -> Path:
     """``python -m fastulm.tokenize SRC OUT``: the whole job in one process tree."""
     options = options or VocabOptions()
-    _check_out(out, force)
     if options.vocab_path:
         Vocab.load(options.vocab_path)  # fail before the work, not after
     source = open_source(src, cache_dir=cache_dir, sha256=sha256)
     t0 = time.perf_counter()
-    collector = collect(source, workers, progress=progress, tokenizer_factory=tokenizer_factory)
-    if collector.n_docs == 0:
-        raise DataError(f"{source.path}: no review files")
-    path = finish(collector, out, options, force=force)
+    # Claim OUT first: the run writes under a temporary name for its whole length.
+    with OutputDir(out, force) as target:
+        collector = collect(source, workers, progress=progress, tokenizer_factory=tokenizer_factory)
+        path = finish(collector, target, options)
     if progress:
         n_tok = sum(
             v["tokens"] for v in json.loads((path / "meta.json").read_text())["splits"].values()
@@ -398,12 +404,6 @@ def tokenize_source(
         dt = time.perf_counter() - t0
         print(f"{collector.n_docs} docs, {n_tok} tokens in {dt:.1f} s -> {path}", file=sys.stderr)
     return path
-
-
-def _check_out(out: str | os.PathLike, force: bool) -> None:
-    out = Path(out)
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: exists and is not empty (use --force to replace)")
 
 
 # ---------------------------------------------------------------- parts (many machines)
@@ -424,9 +424,13 @@ def tokenize_shard(
     """Tokenize every ``num_shards``-th document (from ``shard_index``) into a part folder."""
     if not 0 <= shard_index < num_shards:
         raise DataError(f"--shard-index must be in 0..{num_shards - 1}, got {shard_index}")
-    _check_out(out, force)
     source = open_source(src, cache_dir=cache_dir, sha256=sha256)
-    collector = collect(source, workers, num_shards, shard_index, progress, tokenizer_factory)
+    with OutputDir(out, force) as target:
+        collector = collect(source, workers, num_shards, shard_index, progress, tokenizer_factory)
+        return _write_part(collector, target, num_shards, shard_index)
+
+
+def _write_part(collector: Collector, target: OutputDir, num_shards: int, shard_index: int) -> Path:
     perm, stream, offsets, _ = collector.canonical()
     counts = np.bincount(stream, minlength=len(collector.tokens)).astype(np.int64)
     docs = pa.RecordBatch.from_arrays(
@@ -452,11 +456,10 @@ def tokenize_shard(
         "docs": collector.n_docs,
         "non_utf8": sorted(collector.non_utf8),
     }
-    with OutputDir(out, force) as target:
-        write_arrow(target.tmp / "tokens.arrow", tokens)
-        write_arrow(target.tmp / "docs.arrow", docs)
-        write_json(target.tmp / "part.json", meta)
-        return target.commit()
+    write_arrow(target.tmp / "tokens.arrow", tokens)
+    write_arrow(target.tmp / "docs.arrow", docs)
+    write_json(target.tmp / "part.json", meta)
+    return target.commit()
 
 
 def _read_part(path: Path) -> tuple[dict, pa.RecordBatch, pa.RecordBatch]:
@@ -484,7 +487,13 @@ def merge_parts(
 ) -> Path:
     """Combine the parts of a sharded run into the same corpus a single run writes."""
     options = options or VocabOptions()
-    _check_out(out, force)
+    if not parts:
+        raise DataError("--merge needs at least one part")
+    with OutputDir(out, force) as target:
+        return finish(_collect_parts(parts), target, options)
+
+
+def _collect_parts(parts: Sequence[str | os.PathLike]) -> Collector:
     read = [(Path(p), *_read_part(Path(p))) for p in parts]
     first = read[0][1]
     k = first["num_shards"]
@@ -518,4 +527,4 @@ def merge_parts(
             ),
         )
         collector.non_utf8.extend(m["non_utf8"])
-    return finish(collector, out, options, force=force)
+    return collector
