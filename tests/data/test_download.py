@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import os
+import re
 import threading
 
 import pytest
@@ -122,7 +123,7 @@ def test_checksum_mismatch_fails_and_keeps_nothing(server, tmp_path):
 
 
 def test_http_error_is_one_clear_error(server, tmp_path):
-    with pytest.raises(DataError, match="missing.tar.gz: HTTP 404"):
+    with pytest.raises(DataError, match=re.escape("missing.tar.gz: HTTP 404")):
         fetch(server.url + "/missing.tar.gz", cache_dir=tmp_path, progress=False)
 
 
