@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from fastulm_testkit import REPO
 
 
 def test_editable_install_imports_fastulm_kernels():

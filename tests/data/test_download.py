@@ -142,7 +142,8 @@ def test_official_archive_checksum_is_known():
 
 def test_url_source_end_to_end(server, tmp_path, tiny_imdb):
     """SRC as a URL: downloaded into the cache, then read like the local archive."""
-    from conftest import make_tar
+    from imdb_fakes import make_tar
+
     from fastulm.data.sources import open_source
 
     root, expected = tiny_imdb

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from imdb_fakes import TEXTS, make_tar
 
-from conftest import TEXTS, make_tar
 from fastulm.data import DataError
 from fastulm.data.corpus import open_corpus
 from fastulm.data.pipeline import VocabOptions, merge_parts, tokenize_shard, tokenize_source

@@ -8,8 +8,8 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from imdb_fakes import make_imdb, make_tar
 
-from conftest import make_imdb, make_tar
 from fastulm.data import DataError
 from fastulm.data.sources import archive_review_key, iter_tar, open_source
 

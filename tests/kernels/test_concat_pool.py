@@ -6,7 +6,7 @@ from fastulm.kernels import masked_concat_pool
 from fastulm.kernels.concat_pool import masked_concat_pool_reference
 from kernel_helpers import REL_TOL, backend_fixture, device_fixture, rel_err  # noqa: F401
 
-from conftest import need_fastai
+from fastulm_testkit import need_fastai
 
 # (bs, T, H, bptt, [(pads before, real tokens) per row]); the rest of each row is end padding
 LAYOUTS = {

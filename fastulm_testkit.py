@@ -1,0 +1,39 @@
+"""Helpers shared by tests/ and benchmarks/: where the data is, whether fastai is there.
+
+Kept out of conftest.py so that test modules can import it by a name that no nested
+conftest.py shadows.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("FASTULM_DATA", REPO.parent / "shared" / "data"))
+
+
+def need_data(relpath: str) -> Path:
+    """The path of a shared data file; skip (or fail in CI) when it is absent."""
+    path = data_dir() / relpath
+    if not path.exists():
+        msg = f"{path} not found (set FASTULM_DATA)"
+        if os.environ.get("FASTULM_REQUIRE_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def need_fastai():
+    """Import the reference implementation; skip (or fail in CI) when it is absent."""
+    try:
+        import fastai.text.all as fastai_text
+    except ImportError as err:
+        msg = f"reference implementation not installed: {err}"
+        if os.environ.get("FASTULM_REQUIRE_REFERENCE") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return fastai_text
