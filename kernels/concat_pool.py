@@ -125,27 +125,47 @@ def _bwd_triton(g: torch.Tensor, arg: torch.Tensor, meta: torch.Tensor, gx: torc
 
 
 # ---------------------------------------------------------------------------------------------
-# Memory-lean torch path: per-row views, so no temporary is larger than [hidden]
+# Memory-lean torch path: vectorized, but no temporary as large as [bs, seq, hidden]
 # ---------------------------------------------------------------------------------------------
+_TIME_BLOCK = 64  # max over time in blocks: only a block touching padding gets a masked copy
+
+
 def _fwd_torch(x: torch.Tensor, meta: torch.Tensor, out: torch.Tensor, arg: torch.Tensor):
-    H = x.shape[2]
-    for b, (start, end, last) in enumerate(meta.tolist()):
-        seg = x[b, start:end]
-        mx, am = seg.max(dim=0)
-        out[b, :H] = x[b, last]
-        out[b, H : 2 * H] = mx
-        out[b, 2 * H :] = seg.sum(dim=0, dtype=torch.float32) / (end - start)
-        arg[b] = am + start
+    bs, T, H = x.shape
+    start, end, last = (meta[:, i].long() for i in range(3))
+    pos = torch.arange(T, device=x.device)
+    pad = (pos < start[:, None]) | (pos >= end[:, None])
+    rows = torch.arange(bs, device=x.device)
+    out[:, :H] = x[rows, last]
+    # mean: one batched matmul with the 0/1 row masks, no masked copy of x
+    real = (~pad).to(x.dtype)[:, None, :]
+    total = torch.bmm(real, x).squeeze(1).float()
+    out[:, 2 * H :] = total / (end - start).float()[:, None]
+    run_max = torch.full((bs, H), float("-inf"), dtype=x.dtype, device=x.device)
+    run_arg = torch.zeros(bs, H, dtype=torch.long, device=x.device)
+    for t0 in range(0, T, _TIME_BLOCK):
+        block = x[:, t0 : t0 + _TIME_BLOCK]
+        block_pad = pad[:, t0 : t0 + _TIME_BLOCK]
+        if bool(block_pad.any()):
+            block = block.masked_fill(block_pad[:, :, None], float("-inf"))
+        block_max, block_arg = block.max(dim=1)
+        better = block_max > run_max  # strict: the first maximum wins, as in torch
+        run_max = torch.where(better, block_max, run_max)
+        run_arg = torch.where(better, block_arg + t0, run_arg)
+    out[:, H : 2 * H] = run_max
+    arg.copy_(run_arg)
 
 
 def _bwd_torch(g: torch.Tensor, arg: torch.Tensor, meta: torch.Tensor, gx: torch.Tensor):
-    H = gx.shape[2]
-    gx.zero_()
-    for b, (start, end, last) in enumerate(meta.tolist()):
-        gb = gx[b]
-        gb[start:end] = (g[b, 2 * H :].float() / (end - start)).to(gx.dtype)
-        gb.scatter_add_(0, arg[b : b + 1].long(), g[b : b + 1, H : 2 * H])
-        gb[last] += g[b, :H]
+    bs, T, H = gx.shape
+    start, end, last = (meta[:, i].long() for i in range(3))
+    pos = torch.arange(T, device=gx.device)
+    real = ((pos >= start[:, None]) & (pos < end[:, None])).to(gx.dtype)
+    g_mean = (g[:, 2 * H :].float() / (end - start).float()[:, None]).to(gx.dtype)
+    torch.mul(real[:, :, None], g_mean[:, None, :], out=gx)  # the only [bs, seq, hidden] write
+    gx.scatter_add_(1, arg[:, None, :].long(), g[:, None, H : 2 * H])
+    rows = torch.arange(bs, device=gx.device)
+    gx.index_put_((rows, last), g[:, :H], accumulate=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -198,6 +198,8 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _g_correct, _g_gx, _g_gw, _g_gb):
+    # Out of place: scaling the saved gradients in place would save one [V, D] buffer but
+    # breaks AOT autograd (torch.compile) and retain_graph.
     grad_x, grad_w, grad_b = ctx.saved_tensors
     if grad_x is None:
         raise RuntimeError("linear_cross_entropy: backward through a call made without grad")

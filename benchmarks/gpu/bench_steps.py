@@ -62,7 +62,8 @@ class PeakMemory(TorchDispatchMode):
                 out = impl(*args, **kwargs)
         else:
             out = func(*args, **kwargs)
-        self._track(out)
+        if not any(r.alias_info is not None for r in func._schema.returns):
+            self._track(out)  # views and in-place results share an existing storage
         return out
 
 
@@ -217,6 +218,7 @@ def fastulm_clas_step(
     amp: torch.dtype | None = None,
 ) -> Callable[[], None]:
     from fastulm.kernels.concat_pool import masked_concat_pool_reference
+
     from fastulm.model import AWDLSTMConfig, get_classifier
 
     device = torch.device(device)

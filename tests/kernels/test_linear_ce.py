@@ -150,3 +150,14 @@ def test_autocast_bf16(backend):
     for g, gr in zip(grads, ref_grads):
         assert g.dtype == torch.float32
         assert rel_err(g, gr) <= 3e-2
+
+
+def test_retain_graph_backward_twice(backend):
+    """The saved gradients are scaled out of place, so a retained graph gives the same
+    gradients again."""
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", True)
+    loss, _ = linear_cross_entropy(x, w, b, target, chunk_rows=chunk)
+    first = torch.autograd.grad(loss * 3.0, [x, w, b], retain_graph=True)
+    second = torch.autograd.grad(loss * 3.0, [x, w, b])
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
