@@ -11,12 +11,22 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 def backend_fixture(request, monkeypatch):
     """Force one implementation (Triton runs in the interpreter on CPU tensors)."""
     if request.param == "triton":
-        from fastulm.kernels.dispatch import triton
-
-        if triton is None:
-            pytest.skip("triton is not installed")
+        skip_unless_triton_runs(request)
     monkeypatch.setenv("FASTULM_KERNELS", request.param)
     return request.param
+
+
+def skip_unless_triton_runs(request) -> None:
+    """Skip when Triton cannot run this test's tensors: not installed, or CPU tensors on a
+    machine with a GPU (the interpreter is only on when the root conftest finds no GPU)."""
+    from fastulm.kernels.dispatch import INTERPRET, triton
+
+    if triton is None:
+        pytest.skip("triton is not installed")
+    callspec = getattr(request.node, "callspec", None)
+    device = callspec.params.get("device", "cpu") if callspec else "cpu"
+    if device == "cpu" and not INTERPRET:
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (CPU-only machines)")
 
 
 @pytest.fixture(name="device", params=DEVICES)

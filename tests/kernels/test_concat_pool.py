@@ -105,20 +105,20 @@ def test_bad_masks_raise(backend):
         masked_concat_pool(x, holes.long(), 2)
 
 
-def test_opcheck(backend):
+def test_opcheck(backend, device):
     bs, T, H, bptt, rows = LAYOUTS["pad_first"]
-    x = torch.randn(bs, T, H, requires_grad=True)
-    mask = make_mask(bs, T, rows, "cpu")
+    x = torch.randn(bs, T, H, device=device, requires_grad=True)
+    mask = make_mask(bs, T, rows, device)
     torch.library.opcheck(torch.ops.fastulm.masked_concat_pool.default, (x, mask, bptt))
     out, arg, meta = torch.ops.fastulm.masked_concat_pool(x, mask, bptt)
     g = torch.randn_like(out)
     torch.library.opcheck(torch.ops.fastulm.masked_concat_pool_backward.default, (g, arg, meta, T))
 
 
-def test_torch_compile(backend):
+def test_torch_compile(backend, device):
     bs, T, H, bptt, rows = LAYOUTS["pad_chunk"]
-    x = torch.randn(bs, T, H, requires_grad=True)
-    mask = make_mask(bs, T, rows, "cpu")
+    x = torch.randn(bs, T, H, device=device, requires_grad=True)
+    mask = make_mask(bs, T, rows, device)
 
     def f(x):
         return (masked_concat_pool(x * 2, mask, bptt) ** 2).sum()
@@ -132,14 +132,14 @@ def test_torch_compile(backend):
     torch.testing.assert_close(g, gref)
 
 
-def test_autocast_bf16_keeps_input_dtype(backend):
+def test_autocast_bf16_keeps_input_dtype(backend, device):
     """Under autocast the op takes whatever the layer before produced (here a bf16 linear)."""
     bs, T, H, bptt, rows = LAYOUTS["pad_last"]
     torch.manual_seed(2)
-    x = torch.randn(bs, T, H, requires_grad=True)
-    lin = torch.nn.Linear(H, H)
-    mask = make_mask(bs, T, rows, "cpu")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x = torch.randn(bs, T, H, device=device, requires_grad=True)
+    lin = torch.nn.Linear(H, H).to(device)
+    mask = make_mask(bs, T, rows, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         h = lin(x)
         out = masked_concat_pool(h, mask, bptt)
     assert h.dtype == out.dtype == torch.bfloat16

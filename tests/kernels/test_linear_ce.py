@@ -109,8 +109,8 @@ def test_chunk_size_budget(monkeypatch):
     assert chunk_rows_for(60000) == 1
 
 
-def test_opcheck(backend):
-    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", True)
+def test_opcheck(backend, device):
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, device, True)
     op = torch.ops.fastulm.linear_cross_entropy.default
     torch.library.opcheck(op, (x, w, b, target, -100, True, chunk))
     torch.library.opcheck(op, (x, w, None, target, -100, True, chunk))
@@ -118,8 +118,8 @@ def test_opcheck(backend):
         torch.library.opcheck(op, (x.detach(), w.detach(), None, target, -100, False, chunk))
 
 
-def test_torch_compile(backend):
-    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", True)
+def test_torch_compile(backend, device):
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, device, True)
 
     def f(x, w, b):
         loss, n_correct = linear_cross_entropy(torch.tanh(x), w, b, target, chunk_rows=chunk)
@@ -136,11 +136,11 @@ def test_torch_compile(backend):
         torch.testing.assert_close(g, gr)
 
 
-def test_autocast_bf16(backend):
+def test_autocast_bf16(backend, device):
     """Under autocast the matmuls run in bf16 and the softmax in fp32, as autocast does for
     linear + cross_entropy; fp32 master weights get fp32 gradients."""
-    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float32, device, True)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         loss, _ = linear_cross_entropy(x, w, b, target, chunk_rows=chunk)
         ref, _ = linear_cross_entropy_reference(x, w, b, target)
     assert loss.dtype == torch.float32

@@ -5,7 +5,11 @@ import pytest
 import torch
 from fastulm.kernels import weight_drop
 from fastulm.kernels.weight_drop import philox_uniform_reference, weight_drop_reference
-from kernel_helpers import backend_fixture, device_fixture  # noqa: F401
+from kernel_helpers import (  # noqa: F401
+    backend_fixture,
+    device_fixture,
+    skip_unless_triton_runs,
+)
 from torch.utils.checkpoint import checkpoint
 
 SHAPES = [(37, 29), (4 * 23, 23), (5000,), (1, 1)]
@@ -19,13 +23,10 @@ def keep_mask(out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_triton_mask_is_philox(shape, dtype, device, monkeypatch):
+def test_triton_mask_is_philox(shape, dtype, device, monkeypatch, request):
     """The Triton path's mask is tl.rand's Philox stream, recomputed here in numpy: so the
     interpreter on a CPU and a CUDA GPU drop the same entries for the same seed."""
-    from fastulm.kernels.dispatch import triton
-
-    if triton is None:
-        pytest.skip("triton is not installed")
+    skip_unless_triton_runs(request)
     monkeypatch.setenv("FASTULM_KERNELS", "triton")
     torch.manual_seed(0)
     p, seed = 0.35, 987654321
@@ -103,14 +104,14 @@ def test_checkpoint_replays_mask(backend):
     assert torch.equal(g_plain, g_ckpt)
 
 
-def test_opcheck(backend):
-    w = torch.randn(13, 7, requires_grad=True)
+def test_opcheck(backend, device):
+    w = torch.randn(13, 7, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.fastulm.weight_drop.default, (w, 0.3, 5))
 
 
-def test_torch_compile(backend):
-    w = torch.randn(13, 7, requires_grad=True)
-    x = torch.randn(3, 7)
+def test_torch_compile(backend, device):
+    w = torch.randn(13, 7, device=device, requires_grad=True)
+    x = torch.randn(3, 7, device=device)
 
     def f(w):
         return (x @ weight_drop(w, 0.3, 77).t()).pow(2).sum()
@@ -124,11 +125,11 @@ def test_torch_compile(backend):
     torch.testing.assert_close(g, gref)
 
 
-def test_autocast_keeps_weight_dtype(backend):
+def test_autocast_keeps_weight_dtype(backend, device):
     """The dropped weight keeps its fp32 master dtype; autocast casts it where it is used."""
-    w = torch.randn(12, 6, requires_grad=True)
-    x = torch.randn(4, 6)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    w = torch.randn(12, 6, device=device, requires_grad=True)
+    x = torch.randn(4, 6, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         wd = weight_drop(w, 0.25, 9)
         y = torch.nn.functional.linear(x, wd)
     assert wd.dtype == torch.float32 and y.dtype == torch.bfloat16
