@@ -14,4 +14,8 @@ __all__ = ["SPECIAL_TOKENS", "Tokenizer", "apply_rules", "split_words", "tokeniz
 def tokenize_texts(texts: Iterable[str]) -> list[list[str]]:
     """Tokens of each text, as fastai 2.8.12 `tokenize_texts` gives them (`xxbos` first)."""
     tok = Tokenizer()
-    return [tok.tokenize(t) for t in texts]
+    texts = list(texts)
+    out: list[list[str]] = []
+    for s in range(0, len(texts), 1000):
+        out.extend(tok.tokenize_batch(texts[s : s + 1000]))
+    return out

@@ -15,21 +15,23 @@ import re
 SPECIAL_TOKENS = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
 UNK, PAD, BOS, EOS, FLD, TK_REP, TK_WREP, TK_UP, TK_MAJ = SPECIAL_TOKENS
 
-# fix_html's plain replacements, applied one after the other in this order.
+# fix_html's plain replacements, applied one after the other in this order, each with a
+# character it needs. No replacement writes ';', '\\', '<' or '@', and only " @.@ " writes
+# '.', so a replacement whose character is absent from the input never applies: skip it.
 _HTML_FIXES = (
-    ("#39;", "'"),
-    ("amp;", "&"),
-    ("#146;", "'"),
-    ("nbsp;", " "),
-    ("#36;", "$"),
-    ("\\n", "\n"),
-    ("quot;", "'"),
-    ("<br />", "\n"),
-    ('\\"', '"'),
-    ("<unk>", UNK),
-    (" @.@ ", "."),
-    (" @-@ ", "-"),
-    ("...", " …"),
+    ("#39;", "'", ";"),
+    ("amp;", "&", ";"),
+    ("#146;", "'", ";"),
+    ("nbsp;", " ", ";"),
+    ("#36;", "$", ";"),
+    ("\\n", "\n", "\\"),
+    ("quot;", "'", ";"),
+    ("<br />", "\n", "<"),
+    ('\\"', '"', "\\"),
+    ("<unk>", UNK, "<"),
+    (" @.@ ", ".", "@"),
+    (" @-@ ", "-", "@"),
+    ("...", " …", "."),
 )
 
 RE_REP = re.compile(r"(\S)(\1{2,})")
@@ -42,8 +44,10 @@ RE_MAJ = re.compile(r"(\s|^)([A-Z][^A-Z\s]*)(?=(\s|$))")
 
 def fix_html(text: str) -> str:
     """Undo the HTML debris of scraped text (`&amp;` becomes `&&`, as in fastai)."""
-    for old, new in _HTML_FIXES:
-        text = text.replace(old, new)
+    present = {c for c in ";\\<@." if c in text}
+    for old, new, need in _HTML_FIXES:
+        if need in present:
+            text = text.replace(old, new)
     return html.unescape(text)
 
 

@@ -1,27 +1,301 @@
-"""Text -> fastai-identical tokens -> local ids, with a per-run cache."""
+"""Text -> fastai-identical tokens -> local ids, fast.
+
+fastai applies its rules to the whole document, then spaCy splits the result. Almost all of
+that work is local to a whitespace-free run of the (HTML-fixed) text: replace_rep,
+spec_add_spaces, replace_all_caps, replace_maj and lowercase never look across whitespace,
+and spaCy's splitting works run by run. So each distinct run is processed once, in Python
+(rules.py + words.py), and its token ids are cached in a hash table that numba probes
+directly on the text's code points; the whitespace between runs is cached the same way.
+Three things are not run-local, and a document that meets one of them is redone whole by
+the exact slow path (rules on the document, then words.split_words):
+
+- replace_wrep (a word repeated 3+ times): flagged when two neighbouring words after
+  replace_rep are equal, then confirmed with the real pattern;
+- spaCy's final special-case pass, when the last token of a run and the first token of
+  the next could both belong to a multi-token special case (e.g. `''` `''`);
+- a text holding U+0000, the separator used to batch documents.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from itertools import pairwise
 
 import numpy as np
+from numba import njit
 
-from fastulm.text.rules import SPECIAL_TOKENS, apply_rules, replace_space
-from fastulm.text.words import LINK_TOKENS, _runs, run_tokens, special_pass, split_words
+from fastulm.text.rules import (
+    BOS,
+    RE_REP,
+    RE_WREP,
+    SPECIAL_TOKENS,
+    apply_rules,
+    fix_html,
+    replace_all_caps,
+    replace_maj,
+    replace_rep,
+    replace_space,
+    rm_useless_spaces,
+    spec_add_spaces,
+)
+from fastulm.text.words import (
+    LETTERS_PASS_THROUGH,
+    LINK_PAIRS,
+    PATTERNS,
+    SPECIALS,
+    run_tokens,
+    special_pass,
+    split_words,
+)
+
+_WS_LIMIT = 0x3001  # every str.isspace() code point is below this
+_WS = np.array([chr(i).isspace() for i in range(_WS_LIMIT)], dtype=np.bool_)
+_WORD = re.compile(r"\w+")
+_SEP = "\x00"
+# Link tokens: a run ending in a LEFT token next to a run starting with a RIGHT token may
+# share a multi-token special case; _PAIR says which (left, right) pairs can.
+_LEFT = {t: i for i, t in enumerate(sorted({a for a, _ in LINK_PAIRS}))}
+_RIGHT = {t: i for i, t in enumerate(sorted({b for _, b in LINK_PAIRS}))}
+# The letters-only shortcut needs: no pattern matches ASCII letters, no special-case pass
+# pattern is made of letter tokens only, and fastai's markers are plain special cases.
+_LETTERS_FAST = (
+    LETTERS_PASS_THROUGH
+    and not any(all(t.isascii() and t.isalpha() for t in p) for p in PATTERNS)
+    and SPECIALS.get("xxup") == ("xxup",)
+    and SPECIALS.get("xxmaj") == ("xxmaj",)
+)
+_PAIR = np.zeros((len(_LEFT) + 1, len(_RIGHT) + 1), np.bool_)
+for _a, _b in LINK_PAIRS:
+    _PAIR[_LEFT[_a], _RIGHT[_b]] = True
+
+
+# ---------------------------------------------------------------------------- numba kernels
+
+
+@njit(cache=True, inline="always")
+def _is_ws(c, ws):
+    return c < 0x3001 and ws[c]
+
+
+@njit(cache=True)
+def _hash(arr, s, e):
+    h = np.uint64(14695981039346656037)
+    for i in range(s, e):
+        h = (h ^ np.uint64(arr[i])) * np.uint64(1099511628211)
+    return h
+
+
+@njit(cache=True)
+def _probe(arr, s, e, h, slots, ent_hash, key_start, key_pool):
+    """Entry index of arr[s:e] in the table, or -(slot + 1) for the empty slot to use."""
+    mask = len(slots) - 1
+    j = np.int64(h & np.uint64(mask))
+    n = e - s
+    while True:
+        k = slots[j]
+        if k < 0:
+            return -(j + 1)
+        if ent_hash[k] == h and key_start[k + 1] - key_start[k] == n:
+            ks = key_start[k]
+            same = True
+            for i in range(n):
+                if key_pool[ks + i] != arr[s + i]:
+                    same = False
+                    break
+            if same:
+                return k
+        j = (j + 1) & mask
+
+
+@njit(cache=True)
+def _scan(arr, ws, slots, ent_hash, key_start, key_pool):
+    """Cut the text into runs and look each up.
+
+    Returns per run: start, end, kind (0 text, 1 whitespace, 2 document end) and entry
+    (-1 when not cached yet). A U+0000 ends a document.
+    """
+    n = len(arr)
+    cap = n + 2
+    r_start = np.empty(cap, np.int64)
+    r_end = np.empty(cap, np.int64)
+    r_kind = np.empty(cap, np.int8)
+    r_ent = np.empty(cap, np.int32)
+    m = 0
+    i = 0
+    while i <= n:
+        if i == n or arr[i] == 0:
+            r_start[m] = i
+            r_end[m] = i
+            r_kind[m] = 2
+            r_ent[m] = -1
+            m += 1
+            i += 1
+            continue
+        w = _is_ws(arr[i], ws)
+        j = i + 1
+        while j < n and arr[j] != 0 and _is_ws(arr[j], ws) == w:
+            j += 1
+        k = _probe(arr, i, j, _hash(arr, i, j), slots, ent_hash, key_start, key_pool)
+        r_start[m] = i
+        r_end[m] = j
+        r_kind[m] = 1 if w else 0
+        r_ent[m] = k if k >= 0 else -1
+        m += 1
+        i = j
+    return r_start[:m], r_end[:m], r_kind[:m], r_ent[:m]
+
+
+@njit(cache=True)
+def _insert(keys, offsets, slots, ent_hash, key_start, key_pool, first):
+    """Add keys[offsets[i]:offsets[i+1]] as entries first, first+1, ... (capacity is ready)."""
+    for i in range(len(offsets) - 1):
+        s, e = offsets[i], offsets[i + 1]
+        h = _hash(keys, s, e)
+        k = _probe(keys, s, e, h, slots, ent_hash, key_start, key_pool)
+        ent = first + i
+        ks = key_start[ent]
+        key_pool[ks : ks + e - s] = keys[s:e]
+        key_start[ent + 1] = ks + e - s
+        ent_hash[ent] = h
+        slots[-k - 1] = ent
+
+
+@njit(cache=True)
+def _rehash(n_ent, size, ent_hash):
+    slots = np.full(size, -1, np.int32)
+    mask = size - 1
+    for k in range(n_ent):
+        j = np.int64(ent_hash[k] & np.uint64(mask))
+        while slots[j] >= 0:
+            j = (j + 1) & mask
+        slots[j] = k
+    return slots
+
+
+@njit(cache=True)
+def _assemble(
+    r_kind,
+    r_ent,
+    val_start,
+    val_len,
+    lead,
+    link_first,
+    link_last,
+    pair,
+    wfirst,
+    wlast,
+    wdup,
+    tok_pool,
+    n_docs,
+    bos,
+):
+    """Token ids of every document (BOS first), its offsets, and a flag per document.
+
+    Flags: 1 = a special case may span two runs, 2 = a word may repeat (replace_wrep).
+    Entries hold two values: [0] as is, [1] for whitespace followed by a rule-made space.
+    """
+    total = n_docs
+    for r in range(len(r_kind)):
+        if r_kind[r] != 2:
+            e = r_ent[r]
+            total += max(val_len[e, 0], val_len[e, 1])
+    out = np.empty(total, np.int32)
+    offsets = np.zeros(n_docs + 1, np.int64)
+    flags = np.zeros(n_docs, np.int8)
+    o = 0
+    d = 0
+    prev = -1  # entry of the previous text run in this document
+    pend = -1  # whitespace entry waiting for the next text run
+    out[o] = bos
+    o += 1
+    for r in range(len(r_kind)):
+        kind = r_kind[r]
+        e = r_ent[r]
+        if kind == 2:
+            d += 1
+            offsets[d] = o
+            if d < n_docs:
+                out[o] = bos
+                o += 1
+            prev = -1
+            pend = -1
+        elif kind == 1:
+            if prev >= 0:
+                pend = e
+        else:
+            if prev >= 0:
+                v = 1 if lead[e] else 0
+                n_ws = val_len[pend, v]
+                s = val_start[pend, v]
+                for t in range(n_ws):
+                    out[o] = tok_pool[s + t]
+                    o += 1
+                a, b = link_last[prev], link_first[e]
+                if n_ws == 0 and a >= 0 and b >= 0 and pair[a, b]:
+                    flags[d] |= 1
+                if wlast[prev] >= 0 and wlast[prev] == wfirst[e]:
+                    flags[d] |= 2
+            if wdup[e]:
+                flags[d] |= 2
+            s = val_start[e, 0]
+            for t in range(val_len[e, 0]):
+                out[o] = tok_pool[s + t]
+                o += 1
+            prev = e
+            pend = -1
+    return out[:o], offsets, flags
+
+
+# ---------------------------------------------------------------------------- the tokenizer
+
+
+def _concat(pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(pieces) + 1, np.int64)
+    np.cumsum([len(p) for p in pieces], out=offsets[1:])
+    flat = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    return flat.astype(np.int32, copy=False), offsets
 
 
 class Tokenizer:
-    """Per-process tokenizer: rules, spaCy-compatible splitting, ids in a local table.
+    """Per-process tokenizer: fastai's rules, spaCy-compatible splitting, local ids.
 
     `tokens` maps local id -> token string; it only grows, and starts with fastai's
-    special tokens, so ids 0..8 are xxunk..xxmaj.
+    special tokens, so ids 0..8 are xxunk..xxmaj. Use `encode_batch` for many texts.
     """
 
     def __init__(self) -> None:
         self.tokens: list[str] = list(SPECIAL_TOKENS)
         self._ids: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
-        # run -> (ids, first token may join a match with the previous run, last with the next)
-        self._cache: dict[str, tuple[np.ndarray, bool, bool]] = {}
+        self._words: dict[str, int] = {}
+        self._n = 0  # entries in the run table
+        self._grow_entries(1 << 14)
+        self._slots = np.full(1 << 15, -1, np.int32)
+        self._key_pool = np.zeros(1 << 17, np.uint32)
+        self._tok_pool = np.zeros(1 << 17, np.int32)
+        self._n_tok = 0
+        self._split_cache: dict[str, list[str]] = {}  # spaCy-level run -> tokens
+
+    # -- storage
+
+    def _grow_entries(self, cap: int) -> None:
+        def grow(name, shape, dtype, fill=0):
+            new = np.full(shape, fill, dtype)
+            old = getattr(self, name, None)
+            if old is not None:
+                new[: len(old)] = old
+            setattr(self, name, new)
+
+        grow("_ent_hash", cap, np.uint64)
+        grow("_key_start", cap + 1, np.int64)
+        grow("_val_start", (cap, 2), np.int64)
+        grow("_val_len", (cap, 2), np.int32)
+        grow("_lead", cap, np.bool_)
+        grow("_link_first", cap, np.int32, -1)
+        grow("_link_last", cap, np.int32, -1)
+        grow("_wfirst", cap, np.int32, -1)
+        grow("_wlast", cap, np.int32, -1)
+        grow("_wdup", cap, np.bool_)
 
     def _token_id(self, tok: str) -> int:
         i = self._ids.get(tok)
@@ -31,28 +305,241 @@ class Tokenizer:
             self._ids[tok] = i
         return i
 
-    def _ids_of(self, toks: list[str]) -> np.ndarray:
+    def _ids_of(self, toks: list) -> list[int]:
+        """Local ids of tokens without spaces (None, a spaCy-run boundary mark, gives -2)."""
+        get = self._ids.get
+        ids = [get(t) for t in toks]
+        if None in ids:
+            ids = [-2 if t is None else self._token_id(t) for t in toks]
+        return ids
+
+    def _word_id(self, word: str) -> int:
+        if not _WORD.fullmatch(word):
+            return -1
+        return self._words.setdefault(word, len(self._words))
+
+    # -- one run, the slow way
+
+    def _split(self, core: str) -> tuple[list[str], list, int, int]:
+        """Tokens of a rule-processed run (single spaces only), the same before the final
+        special-case pass with None between spaCy runs, and the run's link indices."""
+        cache = self._split_cache
+        subs = core.split(" ")
+        if len(subs) == 1:
+            pre = run_tokens(core, cache)
+            return special_pass(pre), pre, _LEFT.get(pre[-1], -1), _RIGHT.get(pre[0], -1)
+        pres = [run_tokens(sub, cache) for sub in subs]
+        flat = [t for pre in pres for t in pre]
+        owner = [k for k, pre in enumerate(pres) for _ in pre]
+        marked = [t for pre in pres for t in (None, *pre)][1:]
+        last, first = pres[-1][-1], pres[0][0]
+        return special_pass(flat, owner), marked, _LEFT.get(last, -1), _RIGHT.get(first, -1)
+
+    def _letters_run(self, run: str) -> tuple:
+        """_text_run for ASCII letters without a triple letter (about 40% of new runs).
+
+        replace_rep, spec_add_spaces and rm_useless_spaces change nothing; replace_all_caps
+        applies when all letters are capitals and replace_maj when only the first is, each
+        adding its marker for words longer than 1; spaCy gives the word's special case or
+        the word itself, and no multi-token special case is made of letters only.
+        """
+        low = run.lower()
+        word = SPECIALS.get(low, (low,))
+        marker = None
+        if low != run and len(run) > 1:
+            if run.isupper():
+                marker = "xxup"
+            elif run[1:] == low[1:]:
+                marker = "xxmaj"
+        get = self._ids.get
+        ids = [get(t) for t in word]
+        if None in ids:
+            ids = [self._token_id(t) for t in word]
+        if marker is None:
+            pre = ids
+        else:
+            ids = [get(marker), *ids]
+            pre = [ids[0], -2, *ids[1:]]
+        wid = self._words.setdefault(run, len(self._words))
+        first, last = _RIGHT.get(word[0] if marker is None else marker, -1), _LEFT.get(word[-1], -1)
+        return ids, pre, False, first, last, wid, wid, False
+
+    def _text_run(self, run: str) -> tuple:
+        """Values of a whitespace-free run: ids, ids before the special-case pass, lead space,
+        link indices, replace_wrep words."""
+        if _LETTERS_FAST and run.isalpha() and run.isascii() and RE_REP.search(run) is None:
+            return self._letters_run(run)
+        rep = replace_rep(run) if RE_REP.search(run) else run
+        words = rep.split()
+        wdup = len(words) > 1 and any(a == b and _WORD.fullmatch(a) for a, b in pairwise(words))
+        text = spec_add_spaces(rep) if ("/" in rep or "#" in rep or "\\" in rep) else rep
+        if "  " in text:
+            text = rm_useless_spaces(text)
+        if text.lower() != text:  # both rules need a capital A-Z
+            text = replace_maj(replace_all_caps(text))
+        text = text.lower()
+        toks, pre, last, first = self._split(text.strip(" "))
+        wf = self._word_id(words[0])
+        wl = wf if len(words) == 1 else self._word_id(words[-1])
+        lead = text.startswith(" ")
+        return self._ids_of(toks), self._ids_of(pre), lead, first, last, wf, wl, wdup
+
+    def _space_run(self, run: str) -> tuple:
+        """Values of a whitespace run between two text runs, without / with a space after."""
+        plain = rm_useless_spaces(" " + run)[1:]
+        spaced = rm_useless_spaces(" " + run + " ")[1:]
+        ids = []
+        for text in (plain, spaced):
+            toks = split_words(text, self._split_cache) if text else []
+            ids.append([self._token_id(replace_space(t)) for t in toks])
+        return ids[0], ids[1], False, -1, -1, -1, -1, False
+
+    def _add_runs(self, runs: list[str]) -> None:
+        first = self._n
+        need = first + len(runs)
+        if need > len(self._ent_hash):
+            self._grow_entries(max(need, 2 * len(self._ent_hash)))
+        if 2 * need > len(self._slots):
+            size = len(self._slots)
+            while 2 * need > size:
+                size *= 2
+            self._slots = _rehash(first, size, self._ent_hash)
+        keys = "".join(runs)
+        n_keys = self._key_start[first] + len(keys)
+        if n_keys > len(self._key_pool):
+            self._key_pool = np.resize(self._key_pool, max(n_keys, 2 * len(self._key_pool)))
+        vals = [self._space_run(r) if r[0].isspace() else self._text_run(r) for r in runs]
+        flat: list[int] = []
+        lens = []
+        for v in vals:
+            flat += v[0]
+            flat += v[1]
+            lens.append(len(v[0]))
+            lens.append(len(v[1]))
+        end = self._n_tok + len(flat)
+        if end > len(self._tok_pool):
+            self._tok_pool = np.resize(self._tok_pool, max(end, 2 * len(self._tok_pool)))
+        self._tok_pool[self._n_tok : end] = flat
+        lens = np.array(lens, np.int64).reshape(-1, 2)
+        starts = np.cumsum(lens.ravel()).reshape(-1, 2) - lens + self._n_tok
+        sl = slice(first, need)
+        self._val_start[sl] = starts
+        self._val_len[sl] = lens
+        self._n_tok = end
+        cols = list(zip(*(v[2:] for v in vals)))
+        for name, col in zip(
+            ("_lead", "_link_first", "_link_last", "_wfirst", "_wlast", "_wdup"), cols
+        ):
+            getattr(self, name)[sl] = col
+        offsets = np.zeros(len(runs) + 1, np.int64)
+        np.cumsum([len(r) for r in runs], out=offsets[1:])
+        codes = np.frombuffer(keys.encode("utf-32-le"), np.uint32)
+        _insert(codes, offsets, self._slots, self._ent_hash, self._key_start, self._key_pool, first)
+        self._n = need
+
+    # -- documents
+
+    def _exact_ids(self, text: str) -> np.ndarray:
+        """The slow, whole-document path (always exact)."""
+        toks = split_words(apply_rules(text), self._split_cache)
         return np.array([self._token_id(replace_space(t)) for t in toks], dtype=np.int32)
 
-    def _run_entry(self, run: str) -> tuple[np.ndarray, bool, bool]:
-        entry = self._cache.get(run)
-        if entry is None:
-            toks = run_tokens(run)
-            linked = (toks[0] in LINK_TOKENS, toks[-1] in LINK_TOKENS) if toks else (False, False)
-            entry = (self._ids_of(special_pass(toks)), *linked)
-            self._cache[run] = entry
-        return entry
+    def _relink(self, ents: list[tuple[int, int]]) -> np.ndarray:
+        """Ids of one document from its runs' entries, with the document-wide special-case
+        pass (for a document where two runs may share a multi-token special case)."""
+        toks, owner = [BOS], [-1]
+        pool, val_start, val_len = self._tok_pool, self._val_start, self._val_len
+        k = 0
+        prev = pend = -1
+        for kind, e in ents:
+            if kind == 1:
+                pend = e if prev >= 0 else -1
+                continue
+            if prev >= 0:
+                v = int(self._lead[e])
+                s = val_start[pend, v]
+                for i in pool[s : s + val_len[pend, v]].tolist():
+                    k += 1
+                    toks.append(self.tokens[i])
+                    owner.append(k)
+            k += 1
+            s = val_start[e, 1]
+            for i in pool[s : s + val_len[e, 1]].tolist():
+                if i == -2:
+                    k += 1
+                else:
+                    toks.append(self.tokens[i])
+                    owner.append(k)
+            prev = e
+        return np.array([self._token_id(t) for t in special_pass(toks, owner)], np.int32)
+
+    def _encode_fixed(self, fixed: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Ids and offsets of HTML-fixed texts, and the documents that need the slow path."""
+        joined = _SEP.join(fixed)
+        arr = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
+        tables = (self._slots, self._ent_hash, self._key_start, self._key_pool)
+        r_start, r_end, r_kind, r_ent = _scan(arr, _WS, *tables)
+        miss = np.flatnonzero((r_ent < 0) & (r_kind != 2))
+        if len(miss):
+            new: dict[str, int] = {}
+            keys = [joined[s:e] for s, e in zip(r_start[miss].tolist(), r_end[miss].tolist())]
+            for key in keys:
+                new.setdefault(key, len(new))
+            first = self._n
+            self._add_runs(list(new))
+            r_ent[miss] = [first + new[key] for key in keys]
+        ids, offsets, flags = _assemble(
+            r_kind, r_ent, self._val_start, self._val_len, self._lead, self._link_first,
+            self._link_last, _PAIR, self._wfirst, self._wlast, self._wdup, self._tok_pool,
+            len(fixed), self._ids[BOS],
+        )  # fmt: skip
+        flagged = np.flatnonzero(flags).tolist()
+        if not flagged:
+            return ids, offsets, []
+        slow, redo = [], {}
+        for d in flagged:
+            if flags[d] & 2 and RE_WREP.search(replace_rep(fixed[d])):
+                slow.append(d)
+            elif flags[d] & 1:
+                redo[d] = None
+        if redo:
+            ends = np.flatnonzero(r_kind == 2)
+            for d in redo:
+                lo = ends[d - 1] + 1 if d else 0
+                ents = list(zip(r_kind[lo : ends[d]].tolist(), r_ent[lo : ends[d]].tolist()))
+                redo[d] = self._relink(ents)
+            pieces = [ids[offsets[i] : offsets[i + 1]] for i in range(len(fixed))]
+            for d, new_ids in redo.items():
+                pieces[d] = new_ids
+            ids, offsets = _concat(pieces)
+        return ids, offsets, slow
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of many texts: (flat int32 ids, int64 offsets with len(texts)+1 entries)."""
+        texts = list(texts)
+        fixed = ["" if _SEP in t else fix_html(t) for t in texts]
+        ids, offsets, slow = self._encode_fixed(fixed)
+        slow = set(slow) | {i for i, t in enumerate(texts) if _SEP in t}
+        if not slow:
+            return ids, offsets
+        pieces = [ids[offsets[i] : offsets[i + 1]] for i in range(len(texts))]
+        for d in slow:
+            pieces[d] = self._exact_ids(texts[d])
+        return _concat(pieces)
 
     def encode(self, text: str) -> np.ndarray:
         """Local token ids of `text` (int32, `xxbos` first)."""
-        text = apply_rules(text)
-        entries = [self._run_entry(r) for r in _runs(text)]
-        if any(a[2] and b[1] for a, b in pairwise(entries)):
-            # a special case may span two runs: do the whole document's pass
-            return self._ids_of(split_words(text))
-        return np.concatenate([e[0] for e in entries])
+        ids, _ = self.encode_batch([text])
+        return ids
 
     def tokenize(self, text: str) -> list[str]:
         """Tokens of `text`, identical to fastai 2.8.12 `tokenize_texts`."""
         toks = self.tokens
-        return [toks[i] for i in self.encode(text)]
+        return [toks[i] for i in self.encode(text).tolist()]
+
+    def tokenize_batch(self, texts: Sequence[str]) -> list[list[str]]:
+        """Tokens of many texts (faster than calling `tokenize` on each)."""
+        ids, offsets = self.encode_batch(texts)
+        toks = self.tokens
+        flat = [toks[i] for i in ids.tolist()]
+        return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]

@@ -21,6 +21,12 @@ scripts/gen_spacy_tables.py). Results are cached per run, as spaCy does.
 from __future__ import annotations
 
 import re
+import string
+
+try:  # the stdlib's own regex parser
+    from re import _parser as _sre
+except ImportError:  # Python 3.10
+    import sre_parse as _sre  # type: ignore[no-redef]
 
 from fastulm.text import spacy_tables as _tables
 from fastulm.text.rules import SPECIAL_TOKENS
@@ -42,13 +48,154 @@ for _tok in SPECIAL_TOKENS:
     SPECIALS[_tok] = (_tok,)
 
 
+# -- what the patterns can match, worked out from their parse trees (the stdlib's parser)
+
+
+def _class_has_letter(items: list) -> bool:
+    """Whether a parsed character class matches some ASCII letter."""
+    negate = any(op is _sre.NEGATE for op, _ in items)
+    cats = {
+        _sre.CATEGORY_DIGIT: str.isdigit,
+        _sre.CATEGORY_NOT_DIGIT: lambda c: not c.isdigit(),
+        _sre.CATEGORY_SPACE: str.isspace,
+        _sre.CATEGORY_NOT_SPACE: lambda c: not c.isspace(),
+        _sre.CATEGORY_WORD: lambda c: c.isalnum() or c == "_",
+        _sre.CATEGORY_NOT_WORD: lambda c: not (c.isalnum() or c == "_"),
+    }
+    for ch in string.ascii_letters:
+        hit = False
+        for op, av in items:
+            if op is _sre.LITERAL:
+                hit = av == ord(ch)
+            elif op is _sre.RANGE:
+                hit = av[0] <= ord(ch) <= av[1]
+            elif op is _sre.CATEGORY:
+                hit = cats[av](ch) if av in cats else True
+            elif op is _sre.NEGATE:
+                continue
+            else:  # unknown item: assume it matches
+                hit = True
+            if hit:
+                break
+        if hit != negate:
+            return True
+    return False
+
+
+_REPEATS = tuple(
+    getattr(_sre, name)
+    for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
+    if hasattr(_sre, name)
+)
+
+
+def _may_match_letters(seq) -> bool:
+    """Whether a parsed (sub)pattern might match a string of ASCII letters only.
+
+    Conservative: True whenever unsure. Lookbehinds see letters (or the run's start).
+    """
+    for op, av in seq:
+        if op is _sre.LITERAL:
+            ok = chr(av) in string.ascii_letters
+        elif op is _sre.IN:
+            ok = _class_has_letter(av)
+        elif op in _REPEATS:
+            ok = av[0] == 0 or _may_match_letters(av[2])
+        elif op is _sre.SUBPATTERN:
+            ok = _may_match_letters(av[-1])
+        elif op is getattr(_sre, "ATOMIC_GROUP", None):
+            ok = _may_match_letters(av)
+        elif op is _sre.BRANCH:
+            ok = any(_may_match_letters(b) for b in av[1])
+        elif op is _sre.ASSERT:
+            ok = _may_match_letters(av[1])
+        else:  # AT, ASSERT_NOT, ANY, NOT_LITERAL, GROUPREF, ...: may match
+            ok = True
+        if not ok:
+            return False
+    return True
+
+
+def _parse(pattern: str | None, flags: int):
+    return None if pattern is None else _sre.parse(pattern, flags)
+
+
+def _letters_pass_through() -> bool:
+    """True when no prefix, suffix, infix, token or URL pattern can match ASCII letters.
+
+    Then a run of ASCII letters that is no special case is one token, and the regexes
+    can be skipped for it (about half of all distinct runs).
+    """
+    for pattern, flags in (
+        (_tables.PREFIX_PATTERN, _tables.PREFIX_FLAGS),
+        (_tables.SUFFIX_PATTERN, _tables.SUFFIX_FLAGS),
+        (_tables.INFIX_PATTERN, _tables.INFIX_FLAGS),
+        (_tables.TOKEN_MATCH_PATTERN, _tables.TOKEN_MATCH_FLAGS),
+        (_tables.URL_MATCH_PATTERN, _tables.URL_MATCH_FLAGS),
+    ):
+        if pattern is None:
+            continue
+        if flags & re.IGNORECASE or _may_match_letters(_parse(pattern, flags).data):
+            return False
+    return True
+
+
+def _anchored_at_start(pattern: str | None, flags: int) -> bool:
+    if pattern is None:
+        return False
+    data = _parse(pattern, flags).data
+    return bool(data) and data[0] == (_sre.AT, _sre.AT_BEGINNING)
+
+
+def _suffix_window(pattern: str | None, flags: int) -> int | None:
+    """The longest bounded suffix match, when the only unbounded branch is `\\.\\.+$`.
+
+    A suffix match then starts in the last `window` characters, or is a run of dots:
+    searching only there gives the same leftmost match, much faster on long runs.
+    """
+    if pattern is None:
+        return None
+    data = _parse(pattern, flags).data
+    if len(data) != 1 or data[0][0] is not _sre.BRANCH:
+        return None
+    dots = _sre.parse(r"\.\.+$", flags).data
+    window = 0
+    for branch in data[0][1][1]:
+        _lo, hi = branch.getwidth()
+        if hi >= _sre.MAXREPEAT:
+            if repr(list(branch.data)) != repr(list(dots)):
+                return None
+        else:
+            window = max(window, hi)
+    return window
+
+
+LETTERS_PASS_THROUGH = _letters_pass_through()
+_PREFIX_FIND = (
+    _PREFIX.match if _anchored_at_start(_tables.PREFIX_PATTERN, _tables.PREFIX_FLAGS)
+    else (_PREFIX.search if _PREFIX is not None else None)
+)  # fmt: skip
+_SUFFIX_WINDOW = _suffix_window(_tables.SUFFIX_PATTERN, _tables.SUFFIX_FLAGS)
+
+
 def _prefix_len(s: str) -> int:
-    m = _PREFIX.search(s) if _PREFIX is not None else None
+    m = _PREFIX_FIND(s) if _PREFIX_FIND is not None else None
     return m.end() - m.start() if m is not None else 0
 
 
 def _suffix_len(s: str) -> int:
-    m = _SUFFIX.search(s) if _SUFFIX is not None else None
+    if _SUFFIX is None:
+        return 0
+    n = len(s)
+    pos = n - _SUFFIX_WINDOW if _SUFFIX_WINDOW is not None and not s.endswith("\n") else 0
+    if pos > 0:
+        if s.endswith(".."):
+            k = len(s.rstrip("."))
+            if k < pos:
+                return n - k
+        m = _SUFFIX.search(s, pos)
+    else:
+        m = _SUFFIX.search(s)
     return m.end() - m.start() if m is not None else 0
 
 
@@ -61,10 +208,12 @@ def _split_affixes(s: str, specials: dict) -> tuple[list[str], str, list[str]]:
     suffixes: list[str] = []
     last_size = -1
     while s and len(s) != last_size:
-        if _token_match(s):
+        if _TOKEN_MATCH is not None and _TOKEN_MATCH.match(s):
             break
         if s in specials:
             break
+        if LETTERS_PASS_THROUGH and s.isalpha() and s.isascii():
+            break  # no prefix or suffix can match ASCII letters
         last_size = len(s)
         pre_len = _prefix_len(s)
         if pre_len:
@@ -97,6 +246,8 @@ def _split_core(s: str, specials: dict) -> list[str]:
     """spaCy's `_attach_tokens` for the part left after the affixes."""
     if s in specials:
         return list(specials[s])
+    if LETTERS_PASS_THROUGH and s.isalpha() and s.isascii():
+        return [s]  # neither a URL nor an infix can match ASCII letters
     if _token_match(s) or (_URL_MATCH is not None and _URL_MATCH.match(s)):
         return [s]
     if _INFIX is None:
@@ -121,6 +272,8 @@ def _affix_tokens(run: str, specials: dict) -> list[str]:
     """Tokens of one whitespace-free (or all-whitespace) run before the special-case pass."""
     if run in specials:
         return list(specials[run])
+    if LETTERS_PASS_THROUGH and run.isascii() and run.isalpha():
+        return [run]
     prefixes, core, suffixes = _split_affixes(run, specials)
     out = prefixes
     if core:
@@ -129,23 +282,23 @@ def _affix_tokens(run: str, specials: dict) -> list[str]:
     return out
 
 
+_RUN = re.compile(r"\S+|\s+")
+
+
 def _runs(text: str) -> list[str]:
-    """spaCy's cut into whitespace / non-whitespace runs (single separating spaces dropped)."""
-    runs: list[str] = []
-    n = len(text)
-    if n == 0:
-        return runs
-    start = 0
-    in_ws = text[0].isspace()
-    for i, ch in enumerate(text):
-        if ch.isspace() != in_ws:
-            if start < i:
-                runs.append(text[start:i])
-            start = i + 1 if ch == " " else i
-            in_ws = not in_ws
-    if start < n:
-        runs.append(text[start:])
-    return runs
+    """spaCy's cut into whitespace / non-whitespace runs.
+
+    A whitespace run that follows a non-whitespace run loses its first character when that
+    is U+0020 (spaCy's separator); what is left, if anything, is a run (a token) of its own.
+    """
+    out = []
+    for k, r in enumerate(_RUN.findall(text)):
+        if k and r[0] == " ":
+            r = r[1:]
+            if not r:
+                continue
+        out.append(r)
+    return out
 
 
 def _plain_tokens(text: str) -> list[str]:
@@ -178,9 +331,9 @@ def _matcher_patterns() -> dict[tuple[str, ...], tuple[str, ...]]:
 PATTERNS = _matcher_patterns()
 _PATTERN_FIRST = {p[0] for p in PATTERNS if p}
 _PATTERN_MAX = max((len(p) for p in PATTERNS), default=0)
-# Tokens that can take part in a multi-token match: a run whose first or last token is one
-# of these may join a match with its neighbour run (see special_pass).
-LINK_TOKENS = frozenset(t for p in PATTERNS if len(p) > 1 for t in p)
+# Neighbouring tokens inside a multi-token special case: two runs can only share a match
+# (see special_pass) when the last token of one and the first of the next form such a pair.
+LINK_PAIRS = frozenset((p[i], p[i + 1]) for p in PATTERNS for i in range(len(p) - 1))
 
 
 def special_pass(tokens: list[str], owner: list[int] | None = None) -> list[str]:
@@ -225,9 +378,17 @@ def special_pass(tokens: list[str], owner: list[int] | None = None) -> list[str]
     return out
 
 
-def run_tokens(run: str) -> list[str]:
-    """Tokens of one run before the final special-case pass."""
-    return _affix_tokens(run, SPECIALS)
+def run_tokens(run: str, cache: dict | None = None) -> list[str]:
+    """Tokens of one run before the final special-case pass (cached in `cache` if given).
+
+    The list returned may be the cached one: do not modify it.
+    """
+    if cache is None:
+        return _affix_tokens(run, SPECIALS)
+    toks = cache.get(run)
+    if toks is None:
+        toks = cache[run] = _affix_tokens(run, SPECIALS)
+    return toks
 
 
 def split_run(run: str) -> list[str]:
@@ -235,12 +396,15 @@ def split_run(run: str) -> list[str]:
     return special_pass(run_tokens(run))
 
 
-def split_words(text: str) -> list[str]:
-    """spaCy-English-compatible tokens of `text` (whitespace runs other than one space kept)."""
+def split_words(text: str, cache: dict | None = None) -> list[str]:
+    """spaCy-English-compatible tokens of `text` (whitespace runs other than one space kept).
+
+    `cache` (a dict owned by the caller) keeps each run's tokens for reuse.
+    """
     tokens: list[str] = []
     owner: list[int] = []
     for k, run in enumerate(_runs(text)):
-        toks = run_tokens(run)
+        toks = run_tokens(run, cache)
         tokens.extend(toks)
         owner.extend([k] * len(toks))
     return special_pass(tokens, owner)

@@ -1,0 +1,111 @@
+"""fastulm.text.Tokenizer / tokenize_texts: fastai's token stream, fast paths vs exact path."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from tricky import TRICKY, random_texts
+
+from fastulm.text import Tokenizer, tokenize_texts
+from fastulm.text.rules import SPECIAL_TOKENS, apply_rules, replace_space
+from fastulm.text.words import split_words
+
+
+def exact(text: str) -> list[str]:
+    """The slow reference path: all rules on the document, then the splitter."""
+    return [replace_space(t) for t in split_words(apply_rules(text))]
+
+
+@pytest.fixture(scope="module")
+def fastai_tok(fastai_text):
+    tok = fastai_text.TokenizeWithRules(fastai_text.SpacyTokenizer())
+    return lambda texts: [list(t) for t in tok(texts)]
+
+
+def test_sample_matches_fastai_tokens(imdb_sample):
+    """All 1,000 sample reviews equal the stored fastai 2.8.12 output."""
+    df = pd.read_csv(imdb_sample / "texts.csv")
+    ref = {}
+    with open(imdb_sample / "fastai_tokens.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            ref[row["row"]] = row["tokens"]
+    got = tokenize_texts(df["text"].tolist())
+    assert len(got) == len(ref) == 1000
+    bad = [i for i in range(len(got)) if got[i] != ref[i]]
+    assert not bad, f"{len(bad)} differ, first row {bad[:1]}"
+
+
+@pytest.mark.reference
+def test_tricky_and_random_texts_match_fastai(fastai_tok):
+    texts = TRICKY + random_texts(1500, seed=11, max_pieces=60)
+    expected = fastai_tok(texts)
+    assert tokenize_texts(texts) == expected
+    tok = Tokenizer()  # one text at a time, with a warm cache
+    assert [tok.tokenize(t) for t in texts] == expected
+
+
+def test_fast_path_equals_exact_path():
+    texts = TRICKY + random_texts(800, seed=5, max_pieces=80)
+    got = Tokenizer().tokenize_batch(texts)
+    for text, toks in zip(texts, got):
+        assert toks == exact(text), text
+
+
+def test_ids_and_table():
+    tok = Tokenizer()
+    assert tok.tokens[:9] == SPECIAL_TOKENS
+    ids = tok.encode("Hello HELLO hello!")
+    assert ids.dtype == np.int32
+    assert [tok.tokens[i] for i in ids] == [
+        "xxbos",
+        "xxmaj",
+        "hello",
+        "xxup",
+        "hello",
+        "hello",
+        "!",
+    ]
+    assert ids[0] == 2 and ids[1] == 8 and ids[3] == 7
+    n = len(tok.tokens)
+    tok.encode("hello")
+    assert len(tok.tokens) == n  # known tokens are not added again
+    flat, offsets = tok.encode_batch(["a b", "", "c"])
+    assert offsets.tolist() == [0, 3, 4, 6]
+    assert [tok.tokens[i] for i in flat] == ["xxbos", "a", "b", "xxbos", "xxbos", "c"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no no no way",  # replace_wrep spans runs
+        "very very good",  # a repeated pair only: flagged, then confirmed absent
+        "back'' ''return",  # a special case may span two runs
+        "a\x00b",  # the batch separator inside a text
+        "Hello\x00 World \x00",
+    ],
+)
+def test_whole_document_cases(text):
+    assert Tokenizer().tokenize(text) == exact(text)
+    assert Tokenizer().tokenize_batch(["x", text, "y"])[1] == exact(text)
+
+
+def test_three_megabyte_review_is_linear_and_consistent(imdb_sample):
+    """A 3 MB review (fastai/spaCy refuse > 1,000,000 characters) tokenizes like its pieces."""
+    import time
+
+    texts = pd.read_csv(imdb_sample / "texts.csv")["text"].tolist()
+    pieces, size = [], 0
+    for t in texts:
+        if size > 3_000_000:
+            break
+        pieces.append(t)
+        size += len(t) + 1
+    tok = Tokenizer()
+    start = time.perf_counter()
+    big = tok.tokenize(" ".join(pieces))
+    elapsed = time.perf_counter() - start
+    parts = Tokenizer().tokenize_batch(pieces)
+    assert big == ["xxbos"] + [t for p in parts for t in p[1:]]
+    assert elapsed < 60
