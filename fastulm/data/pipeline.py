@@ -31,7 +31,16 @@ import numpy as np
 import pyarrow as pa
 
 from fastulm.data import DataError
-from fastulm.data.corpus import OutputDir, split_batch, write_arrow, write_corpus, write_json
+from fastulm.data.corpus import (
+    OutputDir,
+    numpy_array,
+    numpy_view,
+    split_batch,
+    string_array,
+    write_arrow,
+    write_corpus,
+    write_json,
+)
 from fastulm.data.sources import RawRecord, Source, decode_text, open_source
 from fastulm.data.vocab import Vocab, make_itos
 
@@ -71,26 +80,33 @@ class VocabOptions:
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(src, src_off, perm, out, out_off):
-    """Documents ``perm[k]`` of (src, src_off) written one after another into out."""
-    pos = 0
+def _count_first(src, doc_start, doc_len, perm, pos, counts, first):
+    """Token counts over documents ``perm`` (in that order) and each token's first position
+    in that order, counting from ``pos`` (first < 0 = not seen yet)."""
     for k in range(perm.shape[0]):
-        a = src_off[perm[k]]
-        n = src_off[perm[k] + 1] - a
-        out_off[k] = pos
-        out[pos : pos + n] = src[a : a + n]
-        pos += n
-    out_off[perm.shape[0]] = pos
+        d = perm[k]
+        a = doc_start[d]
+        for j in range(doc_len[d]):
+            t = src[a + j]
+            counts[t] += 1
+            if first[t] < 0:
+                first[t] = pos
+            pos += 1
+    return pos
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_first(stream, lo, hi, counts, first):
-    """Token counts over stream[lo:hi] and each token's first position (first < 0 = unseen)."""
-    for i in range(lo, hi):
-        t = stream[i]
-        counts[t] += 1
-        if first[t] < 0:
-            first[t] = i
+def _gather_map(src, doc_start, doc_len, perm, lut, out, out_off):
+    """Documents ``perm`` one after another in ``out``, each id ``t`` written as ``lut[t]``."""
+    pos = 0
+    for k in range(perm.shape[0]):
+        d = perm[k]
+        a = doc_start[d]
+        out_off[k] = pos
+        for j in range(doc_len[d]):
+            out[pos + j] = lut[src[a + j]]
+        pos += doc_len[d]
+    out_off[perm.shape[0]] = pos
 
 
 # ---------------------------------------------------------------- workers
@@ -136,6 +152,44 @@ def _worker_run(task: tuple[int, list, bool]):
 
 
 @dataclass
+class Canonical:
+    """Where each document is, and the documents of each split in canonical order."""
+
+    src: np.ndarray  # every document's union ids, in arrival order
+    doc_start: np.ndarray
+    doc_len: np.ndarray
+    perms: dict[str, np.ndarray]  # split -> document indices, sorted by name or row
+
+    def n_tokens(self, split: str) -> int:
+        return int(self.doc_len[self.perms[split]].sum())
+
+    def gather(self, split: str, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, offsets) of a split with every union id mapped through ``lut``."""
+        perm = self.perms[split]
+        out = np.empty(self.n_tokens(split), np.int32)
+        offsets = np.empty(len(perm) + 1, np.int64)
+        _gather_map(self.src, self.doc_start, self.doc_len, perm, lut, out, offsets)
+        return out, offsets
+
+
+class _Growable:
+    """An int32 array that grows by appending (amortised doubling)."""
+
+    def __init__(self):
+        self.data = np.zeros(1024, np.int32)
+        self.size = 0
+
+    def extend(self, values: list[int]) -> None:
+        n = self.size + len(values)
+        if n > len(self.data):
+            grown = np.zeros(max(n, 2 * len(self.data)), np.int32)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size : n] = values
+        self.size = n
+
+
+@dataclass
 class Collector:
     """Union token table plus every document's union ids, in arrival order."""
 
@@ -143,9 +197,8 @@ class Collector:
     splits: tuple[str, ...]
     label_names: list[str]
     sort_by: str
-    tokens: list[str] = field(default_factory=list)
-    _index: dict[str, int] = field(default_factory=dict)
-    _maps: dict[object, np.ndarray] = field(default_factory=dict)
+    _index: dict[str, int] = field(default_factory=dict)  # token -> union id (insertion order)
+    _maps: dict[object, _Growable] = field(default_factory=dict)
     _chunks: list[np.ndarray] = field(default_factory=list)
     _lengths: list[np.ndarray] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
@@ -153,20 +206,23 @@ class Collector:
     doc_ids: list[str] = field(default_factory=list)
     non_utf8: list[str] = field(default_factory=list)
 
+    @property
+    def tokens(self) -> list[str]:
+        return list(self._index)
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.labels)
+
     def add_tokens(self, table: object, start: int, new: Sequence[str]) -> None:
         """Entries ``start...`` of a worker's (or part's) local table."""
-        old = self._maps.get(table, np.zeros(0, np.int32))
-        if len(old) != start:
-            raise RuntimeError(f"token table {table}: got entries from {start}, have {len(old)}")
-        index, tokens = self._index, self.tokens
-        ext = np.empty(len(new), np.int32)
-        for j, t in enumerate(new):
-            u = index.get(t)
-            if u is None:
-                u = index[t] = len(tokens)
-                tokens.append(t)
-            ext[j] = u
-        self._maps[table] = np.concatenate([old, ext]) if len(old) else ext
+        m = self._maps.setdefault(table, _Growable())
+        if m.size != start:
+            raise RuntimeError(f"token table {table}: got entries from {start}, have {m.size}")
+        index = self._index
+        add = index.setdefault
+        # setdefault gives the existing union id, or inserts len(index) (the next id).
+        m.extend([add(t, len(index)) for t in new])
 
     def add_docs(
         self,
@@ -177,7 +233,8 @@ class Collector:
         bad: Sequence[int] = (),
     ) -> None:
         """Documents (label, split, id) whose tokens are ``ids`` in ``table``'s local ids."""
-        self._chunks.append(np.take(self._maps[table], ids))
+        m = self._maps[table]
+        self._chunks.append(np.take(m.data[: m.size], ids))
         self._lengths.append(np.asarray(lengths, np.int64))
         for label, split, doc_id in records:
             self.labels.append(label)
@@ -185,14 +242,8 @@ class Collector:
             self.doc_ids.append(doc_id)
         self.non_utf8.extend(records[j][2] for j in bad)
 
-    @property
-    def n_docs(self) -> int:
-        return len(self.labels)
-
-    def canonical(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, tuple[int, int]]]:
-        """(perm, stream, offsets, split ranges) with documents sorted by split then name/row.
-
-        Consumes the collected chunks (memory: the stream is built once, in order)."""
+    def canonical(self) -> Canonical:
+        """Documents sorted by split, then by name (files) or row (tables)."""
         rank = {s: i for i, s in enumerate(self.splits)}
         for s in set(self.doc_splits) - set(rank):
             raise DataError(f"unexpected split {s!r}")
@@ -200,23 +251,27 @@ class Collector:
             keys = [(rank[s], int(i)) for s, i in zip(self.doc_splits, self.doc_ids)]
         else:
             keys = [(rank[s], i) for s, i in zip(self.doc_splits, self.doc_ids)]
-        perm = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
-        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
-        src_off = np.zeros(len(lengths) + 1, np.int64)
-        np.cumsum(lengths, out=src_off[1:])
-        src = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int32)
-        self._chunks, self._lengths = [], []
-        stream = np.empty_like(src)
-        offsets = np.empty(len(perm) + 1, np.int64)
-        _gather(src, src_off, perm, stream, offsets)
-        del src
-        split_of = np.array([rank[self.doc_splits[p]] for p in perm], dtype=np.int64)
-        ranges = {}
-        for s, r in rank.items():
-            lo, hi = np.searchsorted(split_of, r), np.searchsorted(split_of, r, side="right")
-            if hi > lo:
-                ranges[s] = (int(lo), int(hi))
-        return perm, stream, offsets, ranges
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        perms: dict[str, list[int]] = {}
+        for d in order:
+            perms.setdefault(self.doc_splits[d], []).append(d)
+        doc_len = np.concatenate(self._lengths)
+        doc_start = np.zeros(len(doc_len), np.int64)
+        np.cumsum(doc_len[:-1], out=doc_start[1:])
+        # One flat array, each chunk released as soon as it is copied (peak: one chunk over).
+        src = np.empty(int(doc_len.sum()), np.int32)
+        chunks, self._chunks = self._chunks, []
+        pos = 0
+        for i, c in enumerate(chunks):
+            src[pos : pos + len(c)] = c
+            pos += len(c)
+            chunks[i] = None
+        return Canonical(
+            src,
+            doc_start,
+            doc_len,
+            {s: np.array(perms[s], np.int64) for s in self.splits if s in perms},
+        )
 
 
 def _check_unique_ids(collector: Collector) -> None:
@@ -244,37 +299,46 @@ def finish(
             raise DataError(
                 f"--vocab-from: no split {s!r} in this source (has {', '.join(collector.splits)})"
             )
-    perm, stream, offsets, ranges = collector.canonical()
-    n_union = len(collector.tokens)
+    canon = collector.canonical()
+    tokens = collector.tokens
+    n_union = len(tokens)
     if options.vocab_path:
         vocab = Vocab.load(options.vocab_path)
     else:
         counts = np.zeros(n_union, np.int64)
         first = np.full(n_union, -1, np.int64)
-        for s in vocab_from:
-            if s in ranges:
-                lo, hi = ranges[s]
-                _count_first(stream, offsets[lo], offsets[hi], counts, first)
-        first[first < 0] = len(stream)
+        pos = 0
+        for s, perm in canon.perms.items():  # canonical order, so positions are global
+            if s in vocab_from:
+                _count_first(
+                    canon.src,
+                    canon.doc_start,
+                    canon.doc_len,
+                    perm,
+                    pos,
+                    counts,
+                    first,
+                )
+            pos += canon.n_tokens(s)
+        first[first < 0] = pos
         vocab = Vocab(
-            make_itos(collector.tokens, counts, options.max_vocab, options.min_freq, tiebreak=first)
+            make_itos(tokens, counts, options.max_vocab, options.min_freq, tiebreak=first)
         )
-    # union id -> vocab id (0 = xxunk for tokens outside the vocab), then one take.
+    # union id -> vocab id (0 = xxunk for tokens outside the vocab)
     lut = np.zeros(n_union, np.int32)
     index = collector._index
     for tok, i in vocab.stoi.items():
         u = index.get(tok)
         if u is not None:
             lut[u] = i
-    np.take(lut, stream, out=stream, mode="clip")
-    batches = {}
-    labels = np.asarray(collector.labels, np.int64)[perm]
-    doc_ids = [collector.doc_ids[p] for p in perm]
-    for s, (lo, hi) in ranges.items():
-        a, b = offsets[lo], offsets[hi]
-        batches[s] = split_batch(
-            stream[a:b], offsets[lo : hi + 1] - a, labels[lo:hi], doc_ids[lo:hi]
-        )
+    labels = np.asarray(collector.labels, np.int64)
+
+    def batches() -> Iterator[tuple[str, pa.RecordBatch]]:
+        for s, perm in canon.perms.items():  # one split in memory at a time
+            ids, offsets = canon.gather(s, lut)
+            doc_ids = [collector.doc_ids[d] for d in perm]
+            yield s, split_batch(ids, offsets, labels[perm], doc_ids)
+
     from fastulm import __version__
 
     non_utf8 = sorted(collector.non_utf8)
@@ -286,7 +350,7 @@ def finish(
         "non_utf8_files": len(non_utf8),
         "non_utf8_examples": non_utf8[:20],
     }
-    return write_corpus(out, vocab, batches, meta, force=force)
+    return write_corpus(out, vocab, batches(), meta, force=force)
 
 
 # ---------------------------------------------------------------- running
@@ -431,19 +495,29 @@ def tokenize_shard(
 
 
 def _write_part(collector: Collector, target: OutputDir, num_shards: int, shard_index: int) -> Path:
-    perm, stream, offsets, _ = collector.canonical()
-    counts = np.bincount(stream, minlength=len(collector.tokens)).astype(np.int64)
+    canon = collector.canonical()
+    tokens_list = collector.tokens
+    identity = np.arange(len(tokens_list), dtype=np.int32)
+    perm = np.concatenate([canon.perms[s] for s in canon.perms])
+    parts = [canon.gather(s, identity) for s in canon.perms]
+    stream = np.concatenate([p[0] for p in parts])
+    sizes = np.concatenate([np.diff(p[1]) for p in parts])
+    offsets = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    counts = np.bincount(stream, minlength=len(tokens_list)).astype(np.int64)
     docs = pa.RecordBatch.from_arrays(
         [
-            pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(stream)),
-            pa.array(np.asarray(collector.labels, np.int64)[perm]),
-            pa.array([collector.doc_ids[p] for p in perm], pa.string()),
-            pa.array([collector.doc_splits[p] for p in perm], pa.string()),
+            pa.LargeListArray.from_arrays(
+                numpy_array(offsets, pa.int64()), numpy_array(stream, pa.int32())
+            ),
+            numpy_array(np.asarray(collector.labels, np.int64)[perm], pa.int64()),
+            string_array(collector.doc_ids[p] for p in perm),
+            string_array(collector.doc_splits[p] for p in perm),
         ],
         schema=PART_SCHEMA,
     )
     tokens = pa.RecordBatch.from_arrays(
-        [pa.array(collector.tokens, pa.string()), pa.array(counts)], names=["token", "count"]
+        [string_array(tokens_list), numpy_array(counts, pa.int64())], names=["token", "count"]
     )
     meta = {
         "format": PART_FORMAT,
@@ -516,8 +590,8 @@ def _collect_parts(parts: Sequence[str | os.PathLike]) -> Collector:
         col = docs.column("ids")
         collector.add_docs(
             path,
-            col.values.to_numpy(),
-            np.diff(col.offsets.to_numpy()),
+            numpy_view(col.values),
+            np.diff(numpy_view(col.offsets)),
             list(
                 zip(
                     docs.column("label").to_pylist(),
