@@ -134,14 +134,20 @@ def _worker_run(task: tuple[int, list, bool]):
     global _SENT
     index, items, from_file = task
     tok = _TOKENIZER
-    arrays, bad = [], []
+    texts, bad = [], []
     for j, data in enumerate(items):
         text, not_utf8 = decode_text(data, from_file)
         if not_utf8:
             bad.append(j)
-        arrays.append(tok.encode(text))
-    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
-    ids = np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.zeros(0, np.int32)
+        texts.append(text)
+    if hasattr(tok, "encode_batch"):
+        ids, offsets = tok.encode_batch(texts)
+        lengths = np.diff(offsets).astype(np.int64)
+    else:
+        arrays = [tok.encode(t) for t in texts]
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        ids = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+    ids = np.ascontiguousarray(ids, dtype=np.int32)
     start, table = _SENT, tok.tokens
     new = table[start:]
     _SENT = len(table)
