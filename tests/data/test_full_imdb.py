@@ -1,0 +1,65 @@
+"""The main job once, on the full 100k-review archive (CI: FASTULM_REQUIRE_DATA=1)."""
+
+import numpy as np
+import pytest
+
+from fastulm.data.corpus import open_corpus
+from fastulm.data.pipeline import tokenize_source
+from fastulm.data.sources import iter_tar
+
+pytestmark = [pytest.mark.full_data, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def full_corpus(imdb_archive, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "imdb_tok"
+    return open_corpus(tokenize_source(imdb_archive, out, progress=False))
+
+
+def test_counts_and_labels_match_the_archive(full_corpus, imdb_archive):
+    # independent count: the archive's member names, read without the pipeline's rules
+    names = [n for n, _ in iter_tar(imdb_archive) if n.endswith(".txt")]
+    want = {
+        "train": {
+            0: sum("/train/neg/" in n for n in names),
+            1: sum("/train/pos/" in n for n in names),
+        },
+        "test": {
+            0: sum("/test/neg/" in n for n in names),
+            1: sum("/test/pos/" in n for n in names),
+        },
+        "unsup": {-1: sum("/train/unsup/" in n for n in names)},
+    }
+    assert want == {
+        "train": {0: 12500, 1: 12500},
+        "test": {0: 12500, 1: 12500},
+        "unsup": {-1: 50000},
+    }
+    corpus = full_corpus
+    assert corpus.split_names == ["train", "test", "unsup"]
+    for split, labels in want.items():
+        got = corpus[split]
+        assert len(got) == sum(labels.values())
+        values, counts = np.unique(got.labels, return_counts=True)
+        assert dict(zip(values.tolist(), counts.tolist())) == labels
+        assert (got.ids[got.offsets[:-1]] == 2).all()  # every document starts with xxbos
+        assert corpus.meta["splits"][split]["docs"] == len(got)
+    ids = corpus["train"].doc_ids.to_pylist()
+    assert ids == sorted(ids) and ids[0].startswith("train/neg/")
+
+
+def test_vocab_is_fastai_shaped(full_corpus):
+    itos = full_corpus.vocab.itos
+    assert itos[:9] == [
+        "xxunk",
+        "xxpad",
+        "xxbos",
+        "xxeos",
+        "xxfld",
+        "xxrep",
+        "xxwrep",
+        "xxup",
+        "xxmaj",
+    ]
+    # more than 60,000 tokens occur twice: cut to 60,000 and padded with 8 xxfake (fastai 2)
+    assert len(itos) == 60008 and itos[-8:] == ["xxfake"] * 8
