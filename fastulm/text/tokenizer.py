@@ -41,7 +41,6 @@ from fastulm.text.rules import (
 )
 from fastulm.text.words import (
     LETTERS_PASS_THROUGH,
-    LINK_PAIRS,
     PATTERNS,
     SPECIALS,
     run_tokens,
@@ -53,10 +52,6 @@ _WS_LIMIT = 0x3001  # every str.isspace() code point is below this
 _WS = np.array([chr(i).isspace() for i in range(_WS_LIMIT)], dtype=np.bool_)
 _WORD = re.compile(r"\w+")
 _SEP = "\x00"
-# Link tokens: a run ending in a LEFT token next to a run starting with a RIGHT token may
-# share a multi-token special case; _PAIR says which (left, right) pairs can.
-_LEFT = {t: i for i, t in enumerate(sorted({a for a, _ in LINK_PAIRS}))}
-_RIGHT = {t: i for i, t in enumerate(sorted({b for _, b in LINK_PAIRS}))}
 # The letters-only shortcut needs: no pattern matches ASCII letters, no special-case pass
 # pattern is made of letter tokens only, and fastai's markers are plain special cases.
 _LETTERS_FAST = (
@@ -65,9 +60,29 @@ _LETTERS_FAST = (
     and SPECIALS.get("xxup") == ("xxup",)
     and SPECIALS.get("xxmaj") == ("xxmaj",)
 )
-_PAIR = np.zeros((len(_LEFT) + 1, len(_RIGHT) + 1), np.bool_)
-for _a, _b in LINK_PAIRS:
-    _PAIR[_LEFT[_a], _RIGHT[_b]] = True
+
+# Two neighbouring runs can share a multi-token special case (see words.special_pass) only
+# if the first run's tokens end like the left part of some split pattern and the second
+# run's tokens start like its right part. A run stores the set of splits it is compatible
+# with on each side (as a small id); a document is redone whole when two neighbours share a
+# split (never a missed case, rarely a needless redo).
+_BY_LAST: dict[str, list] = {}
+_BY_FIRST: dict[str, list] = {}
+for _n, (_p, _i) in enumerate((p, i) for p in sorted(PATTERNS) for i in range(len(p) - 1)):
+    _BY_LAST.setdefault(_p[_i], []).append((_p[: _i + 1], _n))
+    _BY_FIRST.setdefault(_p[_i + 1], []).append((_p[_i + 1 :], _n))
+
+
+def _link_sets(toks: list) -> tuple[frozenset, frozenset]:
+    """(splits the tokens can start the right part of, splits they can end the left part of)."""
+    toks = tuple(t for t in toks if t is not None)
+    right = [n for part, n in _BY_FIRST.get(toks[0], ()) if toks[: len(part)] == part[: len(toks)]]
+    left = [
+        n
+        for part, n in _BY_LAST.get(toks[-1], ())
+        if toks[max(0, len(toks) - len(part)) :] == part[max(0, len(part) - len(toks)) :]
+    ]
+    return frozenset(right), frozenset(left)
 
 
 # ---------------------------------------------------------------------------- numba kernels
@@ -136,7 +151,10 @@ def _scan(arr, ws, slots, ent_hash, key_start, key_pool):
         j = i + 1
         while j < n and arr[j] != 0 and _is_ws(arr[j], ws) == w:
             j += 1
-        k = _probe(arr, i, j, _hash(arr, i, j), slots, ent_hash, key_start, key_pool)
+        if w and j == i + 1 and arr[i] == 32:
+            k = 0  # a single space, the commonest run: entry 0 (see Tokenizer.__init__)
+        else:
+            k = _probe(arr, i, j, _hash(arr, i, j), slots, ent_hash, key_start, key_pool)
         r_start[m] = i
         r_end[m] = j
         r_kind[m] = 1 if w else 0
@@ -182,7 +200,7 @@ def _assemble(
     lead,
     link_first,
     link_last,
-    pair,
+    compat,
     wfirst,
     wlast,
     wdup,
@@ -231,8 +249,7 @@ def _assemble(
                 for t in range(n_ws):
                     out[o] = tok_pool[s + t]
                     o += 1
-                a, b = link_last[prev], link_first[e]
-                if n_ws == 0 and a >= 0 and b >= 0 and pair[a, b]:
+                if n_ws == 0 and compat[link_last[prev], link_first[e]]:
                     flags[d] |= 1
                 if wlast[prev] >= 0 and wlast[prev] == wfirst[e]:
                     flags[d] |= 2
@@ -275,6 +292,10 @@ class Tokenizer:
         self._tok_pool = np.zeros(1 << 17, np.int32)
         self._n_tok = 0
         self._split_cache: dict[str, list[str]] = {}  # spaCy-level run -> tokens
+        self._lsets: dict[frozenset, int] = {frozenset(): 0}
+        self._rsets: dict[frozenset, int] = {frozenset(): 0}
+        self._compat = np.zeros((1, 1), np.bool_)
+        self._add_runs([" "])  # entry 0, which _scan uses for single spaces without a lookup
 
     # -- storage
 
@@ -291,8 +312,8 @@ class Tokenizer:
         grow("_val_start", (cap, 2), np.int64)
         grow("_val_len", (cap, 2), np.int32)
         grow("_lead", cap, np.bool_)
-        grow("_link_first", cap, np.int32, -1)
-        grow("_link_last", cap, np.int32, -1)
+        grow("_link_first", cap, np.int32)
+        grow("_link_last", cap, np.int32)
         grow("_wfirst", cap, np.int32, -1)
         grow("_wlast", cap, np.int32, -1)
         grow("_wdup", cap, np.bool_)
@@ -313,6 +334,18 @@ class Tokenizer:
             ids = [-2 if t is None else self._token_id(t) for t in toks]
         return ids
 
+    def _link_ids(self, toks) -> tuple[int, int]:
+        """Ids of the run's right / left split sets (0 = none), kept in self._compat."""
+        right, left = _link_sets(toks)
+        if not right and not left:
+            return 0, 0
+        rid = self._rsets.setdefault(right, len(self._rsets))
+        lid = self._lsets.setdefault(left, len(self._lsets))
+        if self._compat.shape != (len(self._lsets), len(self._rsets)):
+            ls, rs = list(self._lsets), list(self._rsets)
+            self._compat = np.array([[bool(a & b) for b in rs] for a in ls], dtype=np.bool_)
+        return rid, lid
+
     def _word_id(self, word: str) -> int:
         if not _WORD.fullmatch(word):
             return -1
@@ -322,18 +355,17 @@ class Tokenizer:
 
     def _split(self, core: str) -> tuple[list[str], list, int, int]:
         """Tokens of a rule-processed run (single spaces only), the same before the final
-        special-case pass with None between spaCy runs, and the run's link indices."""
+        special-case pass with None between spaCy runs, and the run's link masks."""
         cache = self._split_cache
         subs = core.split(" ")
         if len(subs) == 1:
             pre = run_tokens(core, cache)
-            return special_pass(pre), pre, _LEFT.get(pre[-1], -1), _RIGHT.get(pre[0], -1)
+            return special_pass(pre), pre, *self._link_ids(pre)
         pres = [run_tokens(sub, cache) for sub in subs]
         flat = [t for pre in pres for t in pre]
         owner = [k for k, pre in enumerate(pres) for _ in pre]
         marked = [t for pre in pres for t in (None, *pre)][1:]
-        last, first = pres[-1][-1], pres[0][0]
-        return special_pass(flat, owner), marked, _LEFT.get(last, -1), _RIGHT.get(first, -1)
+        return special_pass(flat, owner), marked, *self._link_ids(flat)
 
     def _letters_run(self, run: str) -> tuple:
         """_text_run for ASCII letters without a triple letter (about 40% of new runs).
@@ -361,7 +393,7 @@ class Tokenizer:
             ids = [get(marker), *ids]
             pre = [ids[0], -2, *ids[1:]]
         wid = self._words.setdefault(run, len(self._words))
-        first, last = _RIGHT.get(word[0] if marker is None else marker, -1), _LEFT.get(word[-1], -1)
+        first, last = self._link_ids(word if marker is None else (marker, *word))
         return ids, pre, False, first, last, wid, wid, False
 
     def _text_run(self, run: str) -> tuple:
@@ -378,7 +410,7 @@ class Tokenizer:
         if text.lower() != text:  # both rules need a capital A-Z
             text = replace_maj(replace_all_caps(text))
         text = text.lower()
-        toks, pre, last, first = self._split(text.strip(" "))
+        toks, pre, first, last = self._split(text.strip(" "))
         wf = self._word_id(words[0])
         wl = wf if len(words) == 1 else self._word_id(words[-1])
         lead = text.startswith(" ")
@@ -392,7 +424,7 @@ class Tokenizer:
         for text in (plain, spaced):
             toks = split_words(text, self._split_cache) if text else []
             ids.append([self._token_id(replace_space(t)) for t in toks])
-        return ids[0], ids[1], False, -1, -1, -1, -1, False
+        return ids[0], ids[1], False, 0, 0, -1, -1, False
 
     def _add_runs(self, runs: list[str]) -> None:
         first = self._n
@@ -490,7 +522,7 @@ class Tokenizer:
             r_ent[miss] = [first + new[key] for key in keys]
         ids, offsets, flags = _assemble(
             r_kind, r_ent, self._val_start, self._val_len, self._lead, self._link_first,
-            self._link_last, _PAIR, self._wfirst, self._wlast, self._wdup, self._tok_pool,
+            self._link_last, self._compat, self._wfirst, self._wlast, self._wdup, self._tok_pool,
             len(fixed), self._ids[BOS],
         )  # fmt: skip
         flagged = np.flatnonzero(flags).tolist()
