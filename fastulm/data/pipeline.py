@@ -363,13 +363,16 @@ def finish(
 
 
 def _batches(
-    records: Iterable[RawRecord], meta: dict[int, list], from_file: bool
+    records: Iterable[RawRecord], meta: dict[int, list], from_file: bool, seen: list[int]
 ) -> Iterator[tuple[int, list, bool]]:
+    """Batches of about 512 KB; ``seen`` gets the number of documents once all are read."""
+    n = 0
     items: list = []
     recs: list = []
     size = 0
     index = 0
     for data, label, split, doc_id in records:
+        n += 1
         items.append(data)
         recs.append((label, split, doc_id))
         size += len(data) if not isinstance(data, Path) else 2048
@@ -377,6 +380,7 @@ def _batches(
             meta[index] = recs
             yield index, items, from_file
             index, items, recs, size = index + 1, [], [], 0
+    seen.append(n)
     if items:
         meta[index] = recs
         yield index, items, from_file
@@ -410,7 +414,8 @@ def collect(
     )
     meta: dict[int, list] = {}
     from_file = source.sort_by == "id"
-    tasks = _batches(source.raw_records(num_shards, shard_index), meta, from_file)
+    seen: list[int] = []  # an archive's size is known once it has been read
+    tasks = _batches(source.raw_records(num_shards, shard_index), meta, from_file, seen)
     total = None if source.n_docs is None else len(range(shard_index, source.n_docs, num_shards))
     pool = None
     if workers > 1:
@@ -436,6 +441,9 @@ def collect(
             collector.add_tokens(pid, start, new)
             collector.add_docs(pid, ids, lengths, meta.pop(index), bad)
             bar.update(len(lengths))
+            if bar.total is None and seen:
+                bar.total = seen[0]
+                bar.refresh()
         if pool is not None:
             pool.close()
             pool.join()

@@ -208,3 +208,16 @@ def test_sample_vocab_and_ids_match_fastai(imdb_sample, fastai_text, tmp_path):
     assert num.vocab == corpus.vocab.itos
     got = [corpus[s].doc(i).tolist() for s in corpus.split_names for i in range(len(corpus[s]))]
     assert got == [num.encodes(ref[r]).tolist() for r in order]
+
+
+def test_damaged_archive_midway_fails_cleanly(tiny_imdb, tmp_path):
+    root, _ = tiny_imdb
+    big = root / "train" / "unsup"
+    for i in range(300):  # enough members that the cut falls after the first batches
+        (big / f"{1000 + i}_0.txt").write_text(f"Review number {i}. " * 200)
+    data = make_tar(root, tmp_path / "a.tar.gz").read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(data[: len(data) * 3 // 4])
+    with pytest.raises(DataError, match=r"cut\.tar\.gz: truncated"):
+        _run(cut, tmp_path / "out", workers=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz", "aclImdb", "cut.tar.gz"]
