@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def download_dir(path: str | os.PathLike | None = None) -> Path:
 
 def cached_name(url: str) -> str:
     """A file name unique to the URL that still shows its last part."""
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1]) or "download"
+    last = urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", last) or "download"
     return f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
 
 

@@ -132,6 +132,12 @@ def test_unreachable_server(tmp_path):
         fetch("http://127.0.0.1:9/x.tar.gz", cache_dir=tmp_path, progress=False, retries=1)
 
 
+def test_cached_name_keeps_the_file_suffix():
+    a = cached_name("https://host/data/texts.csv?download=1")
+    b = cached_name("https://host/data/texts.csv")
+    assert a.endswith("-texts.csv") and b.endswith("-texts.csv") and a != b
+
+
 def test_official_archive_checksum_is_known():
     sha = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
     url = "ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
