@@ -6,6 +6,7 @@ The reference is what fastai's `tokenize_texts` does: its default rules, spaCy
     python scripts/compare_tokens.py                       # all 100,000 reviews
     python scripts/compare_tokens.py --n 2000 --seed 1     # a deterministic subset
     python scripts/compare_tokens.py --report diffs.txt    # write every difference
+    python scripts/compare_tokens.py --ref-cache ref.jsonl # keep fastai's tokens for reruns
 
 Prints the number of identical documents and, for each difference, the document id and
 the tokens around the first mismatch.
@@ -14,6 +15,8 @@ the tokens around the first mismatch.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import sys
 import tarfile
@@ -63,6 +66,19 @@ def reference_tokenizer():
     return lambda texts: [list(t) for t in tok(texts)]
 
 
+def load_cache(path: Path) -> dict[str, list[str]]:
+    with open(path, encoding="utf-8") as f:
+        return {row["id"]: row["tokens"] for row in map(json.loads, f)}
+
+
+def save_cache(path: Path, tokens: dict[str, list[str]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for name, toks in tokens.items():
+            f.write(json.dumps({"id": name, "tokens": toks}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
 def first_diff(a: list[str], b: list[str]) -> int:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
@@ -77,6 +93,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", type=Path, default=None, help="write every difference here")
     ap.add_argument("--context", type=int, default=6)
+    ap.add_argument(
+        "--ref-cache",
+        type=Path,
+        default=None,
+        help="JSON-lines file of fastai's tokens: read if it exists, else written",
+    )
     args = ap.parse_args()
     if not args.archive.exists():
         print(f"compare_tokens: {args.archive}: no such archive", file=sys.stderr)
@@ -88,7 +110,21 @@ def main() -> int:
 
     reviews = read_reviews(args.archive, args.n, args.seed)
     texts = [t for _, t in reviews]
-    ref_tok = reference_tokenizer()
+    cached = load_cache(args.ref_cache) if args.ref_cache and args.ref_cache.exists() else None
+    if cached is not None and not all(name in cached for name, _ in reviews):
+        print(f"compare_tokens: {args.ref_cache} lacks some reviews; recomputing", file=sys.stderr)
+        cached = None
+    if cached is None:
+        fastai_tok = reference_tokenizer()
+
+        def ref_tok(names, chunk):
+            return fastai_tok(chunk)
+    else:
+
+        def ref_tok(names, chunk):
+            return [cached[n] for n in names]
+
+    fresh = {}
     ours = Tokenizer()
     batch = 1000
     t_ref = t_ours = 0.0
@@ -96,7 +132,10 @@ def main() -> int:
     for s in tqdm(range(0, len(texts), batch), unit="batch", desc="comparing"):
         chunk = texts[s : s + batch]
         t0 = time.perf_counter()
-        ref = ref_tok(chunk)
+        names = [n for n, _ in reviews[s : s + batch]]
+        ref = ref_tok(names, chunk)
+        if cached is None:
+            fresh.update(zip(names, ref))
         t1 = time.perf_counter()
         got = ours.tokenize_batch(chunk)
         t2 = time.perf_counter()
@@ -105,6 +144,8 @@ def main() -> int:
         for j, (a, b) in enumerate(zip(got, ref)):
             if a != b:
                 diffs.append((s + j, a, b))
+    if cached is None and args.ref_cache:
+        save_cache(args.ref_cache, fresh)
     n = len(texts)
     lines = []
     for i, a, b in diffs:
@@ -115,7 +156,7 @@ def main() -> int:
         lines.append(f"  fastai:  {b[lo:hi]!r}")
     summary = (
         f"{n - len(diffs)}/{n} identical ({100 * (n - len(diffs)) / max(n, 1):.3f}%); "
-        f"fastai {t_ref:.1f} s, fastulm {t_ours:.1f} s (one process each)"
+        f"fastai {t_ref:.1f} s{' (cached)' if cached else ''}, fastulm {t_ours:.1f} s (one process each)"
     )
     if args.report:
         args.report.write_text("\n".join([summary, *lines]) + "\n", encoding="utf-8")

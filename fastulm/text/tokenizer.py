@@ -66,23 +66,36 @@ _LETTERS_FAST = (
 # run's tokens start like its right part. A run stores the set of splits it is compatible
 # with on each side (as a small id); a document is redone whole when two neighbours share a
 # split (never a missed case, rarely a needless redo).
-_BY_LAST: dict[str, list] = {}
-_BY_FIRST: dict[str, list] = {}
+_BY_LAST: dict[str, list] = {}  # token -> [(left part ending in it, split number)]
+_BY_FIRST: dict[str, list] = {}  # token -> [(right part starting with it, split number)]
 for _n, (_p, _i) in enumerate((p, i) for p in sorted(PATTERNS) for i in range(len(p) - 1)):
     _BY_LAST.setdefault(_p[_i], []).append((_p[: _i + 1], _n))
     _BY_FIRST.setdefault(_p[_i + 1], []).append((_p[_i + 1 :], _n))
+# one-token parts always fit: their splits are precomputed; longer parts are compared
+_LAST_ALWAYS = {t: frozenset(n for part, n in v if len(part) == 1) for t, v in _BY_LAST.items()}
+_FIRST_ALWAYS = {t: frozenset(n for part, n in v if len(part) == 1) for t, v in _BY_FIRST.items()}
+_LAST_CHECK = {t: [(part, n) for part, n in v if len(part) > 1] for t, v in _BY_LAST.items()}
+_FIRST_CHECK = {t: [(part, n) for part, n in v if len(part) > 1] for t, v in _BY_FIRST.items()}
+_EMPTY: frozenset = frozenset()
 
 
 def _link_sets(toks: list) -> tuple[frozenset, frozenset]:
     """(splits the tokens can start the right part of, splits they can end the left part of)."""
     toks = tuple(t for t in toks if t is not None)
-    right = [n for part, n in _BY_FIRST.get(toks[0], ()) if toks[: len(part)] == part[: len(toks)]]
-    left = [
+    right = _FIRST_ALWAYS.get(toks[0], _EMPTY)
+    more = [n for part, n in _FIRST_CHECK.get(toks[0], ()) if toks[: len(part)] == part[: len(toks)]]
+    if more:
+        right = right | frozenset(more)
+    left = _LAST_ALWAYS.get(toks[-1], _EMPTY)
+    n_t = len(toks)
+    more = [
         n
-        for part, n in _BY_LAST.get(toks[-1], ())
-        if toks[max(0, len(toks) - len(part)) :] == part[max(0, len(part) - len(toks)) :]
+        for part, n in _LAST_CHECK.get(toks[-1], ())
+        if toks[max(0, n_t - len(part)) :] == part[max(0, len(part) - n_t) :]
     ]
-    return frozenset(right), frozenset(left)
+    if more:
+        left = left | frozenset(more)
+    return right, left
 
 
 # ---------------------------------------------------------------------------- numba kernels
@@ -336,9 +349,9 @@ class Tokenizer:
 
     def _link_ids(self, toks) -> tuple[int, int]:
         """Ids of the run's right / left split sets (0 = none), kept in self._compat."""
-        right, left = _link_sets(toks)
-        if not right and not left:
+        if toks[0] not in _BY_FIRST and toks[-1] not in _BY_LAST:
             return 0, 0
+        right, left = _link_sets(toks)
         rid = self._rsets.setdefault(right, len(self._rsets))
         lid = self._lsets.setdefault(left, len(self._lsets))
         if self._compat.shape != (len(self._lsets), len(self._rsets)):
