@@ -144,10 +144,10 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(imdb_sample, tmp_pat
         text=True,
     )
     seen = ""
-    while "doc/s" not in seen:  # wait until tokenizing has made progress
+    while "doc/s" not in seen:  # the progress bar is up: OUT is claimed, tokenizing started
         seen += os.read(proc.stderr.fileno(), 4096).decode()
         assert proc.poll() is None, "finished before it could be interrupted"
-    time.sleep(0.5)
+    time.sleep(0.05)
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(sig)
     proc.wait(timeout=60)
