@@ -3,8 +3,9 @@ same run. One step = forward + loss (with AR/TAR as fastai's RNNRegularizer) + b
 
 Walkthrough sizes: LM bs 48 x bptt 70 x 60k vocab; classifier bs 48 on the longest IMDB
 reviews of the sample (the first batch SortedDL builds), everything unfrozen. On a small
-CPU set ``FASTULM_BENCH_SCALE`` (default 1.0) to scale the batch size; the sizes used are
-printed and stored in each benchmark's ``extra_info``.
+CPU set ``FASTULM_BENCH_SCALE`` (default 1.0): it multiplies both batch sizes and the
+classifier's document lengths and ``max_len`` (model sizes and vocab stay full); the sizes
+used are printed and stored in each benchmark's ``extra_info``.
 
 Peak memory is the process's peak RSS during one step minus its RSS before it: the
 high-water mark is reset through ``/proc/self/clear_refs`` (Linux) after ``gc.collect()``
@@ -32,6 +33,7 @@ SCALE = float(os.environ.get("FASTULM_BENCH_SCALE", "1.0"))
 ROUNDS = int(os.environ.get("FASTULM_BENCH_ROUNDS", "3"))
 VOCAB, BPTT_LM, BPTT_CLAS = 60000, 70, 72
 BS = max(1, round(48 * SCALE))
+MAX_LEN = max(BPTT_CLAS, round(72 * 20 * SCALE / BPTT_CLAS) * BPTT_CLAS)
 ALPHA, BETA = 2.0, 1.0
 
 
@@ -80,17 +82,17 @@ def _doc_lengths(n):
 
     path = need_data("imdb_sample/fastai_tokens.jsonl")
     lengths = sorted((len(json.loads(line)["tokens"]) for line in path.open()), reverse=True)
-    return lengths[:n]
+    return [max(2, round(n_tok * SCALE)) for n_tok in lengths[:n]]
 
 
 @pytest.fixture(scope="module")
 def clas_models(fastai_text):
     ft = fastai_text
     torch.manual_seed(0)
-    ref = ft.get_text_classifier(ft.AWD_LSTM, VOCAB, 2, drop_mult=0.5).train()
-    ours = get_classifier(VOCAB, 2, drop_mult=0.5).train()
+    ref = ft.get_text_classifier(ft.AWD_LSTM, VOCAB, 2, drop_mult=0.5, max_len=MAX_LEN).train()
+    ours = get_classifier(VOCAB, 2, drop_mult=0.5, max_len=MAX_LEN).train()
     ours.load_state_dict(ref.state_dict())
-    ckpt = get_classifier(VOCAB, 2, drop_mult=0.5, checkpoint=True).train()
+    ckpt = get_classifier(VOCAB, 2, drop_mult=0.5, max_len=MAX_LEN, checkpoint=True).train()
     ckpt.load_state_dict(ref.state_dict())
     g = torch.Generator().manual_seed(1)
     docs = [torch.randint(2, VOCAB, (n,), generator=g) for n in _doc_lengths(BS)]
