@@ -1,5 +1,11 @@
 """The text classifier: the encoder run over a long document in bptt chunks, then a
-masked concat-pooling head."""
+masked concat-pooling head.
+
+Gradient checkpointing (``config.checkpoint``) wraps each bptt chunk inside the kept window:
+only the chunk's output and its final (h, c) stay alive, the LSTM internals are recomputed in
+backward with the same dropout masks (RNG state restored, ``use_reentrant=False``). Under
+autocast the logits are returned in fp32 and ``raw`` in the compute dtype (see lm.py).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""The language model: the AWD-LSTM encoder and a linear decoder tied to its embedding."""
+"""The language model: the AWD-LSTM encoder and a linear decoder tied to its embedding.
+
+Mixed precision: under ``torch.autocast`` the LSTMs run in the autocast dtype (oneDNN bf16
+on CPUs with bf16 support -- fp16 is not available there; cuDNN fp16, and bf16 where the
+installed cuDNN supports it). ``LMLoss.loss`` is fp32. ``raw``/``dropped`` stay in the
+compute dtype: cast them with ``.float()`` before squaring for AR/TAR, where fastai's
+RNNRegularizer casts. The carried hidden state is kept in the parameters' dtype.
+"""
 
 from __future__ import annotations
 
