@@ -71,30 +71,47 @@ _BY_FIRST: dict[str, list] = {}  # token -> [(right part starting with it, split
 for _n, (_p, _i) in enumerate((p, i) for p in sorted(PATTERNS) for i in range(len(p) - 1)):
     _BY_LAST.setdefault(_p[_i], []).append((_p[: _i + 1], _n))
     _BY_FIRST.setdefault(_p[_i + 1], []).append((_p[_i + 1 :], _n))
-# one-token parts always fit: their splits are precomputed; longer parts are compared
-_LAST_ALWAYS = {t: frozenset(n for part, n in v if len(part) == 1) for t, v in _BY_LAST.items()}
-_FIRST_ALWAYS = {t: frozenset(n for part, n in v if len(part) == 1) for t, v in _BY_FIRST.items()}
-_LAST_CHECK = {t: [(part, n) for part, n in v if len(part) > 1] for t, v in _BY_LAST.items()}
-_FIRST_CHECK = {t: [(part, n) for part, n in v if len(part) > 1] for t, v in _BY_FIRST.items()}
+# Lookups for _link_sets: splits whose part is one token always fit; a run of one token
+# fits every split it can be inside of; longer parts are found by their two edge tokens.
+_FIRST_ONE = {t: frozenset(n for part, n in v if len(part) == 1) for t, v in _BY_FIRST.items()}
+_LAST_ONE = {t: frozenset(n for part, n in v if len(part) == 1) for t, v in _BY_LAST.items()}
+_FIRST_ALL = {t: frozenset(n for _, n in v) for t, v in _BY_FIRST.items()}
+_LAST_ALL = {t: frozenset(n for _, n in v) for t, v in _BY_LAST.items()}
+_FIRST_TWO: dict[tuple, list] = {}
+_LAST_TWO: dict[tuple, list] = {}
+for _t, _v in _BY_FIRST.items():
+    for _part, _n in _v:
+        if len(_part) > 1:
+            _FIRST_TWO.setdefault(_part[:2], []).append((_part, _n))
+for _t, _v in _BY_LAST.items():
+    for _part, _n in _v:
+        if len(_part) > 1:
+            _LAST_TWO.setdefault(_part[-2:], []).append((_part, _n))
 _EMPTY: frozenset = frozenset()
 
 
 def _link_sets(toks: list) -> tuple[frozenset, frozenset]:
     """(splits the tokens can start the right part of, splits they can end the left part of)."""
-    toks = tuple(t for t in toks if t is not None)
-    right = _FIRST_ALWAYS.get(toks[0], _EMPTY)
-    more = [n for part, n in _FIRST_CHECK.get(toks[0], ()) if toks[: len(part)] == part[: len(toks)]]
-    if more:
-        right = right | frozenset(more)
-    left = _LAST_ALWAYS.get(toks[-1], _EMPTY)
+    if None in toks:
+        toks = [t for t in toks if t is not None]
     n_t = len(toks)
-    more = [
-        n
-        for part, n in _LAST_CHECK.get(toks[-1], ())
-        if toks[max(0, n_t - len(part)) :] == part[max(0, len(part) - n_t) :]
-    ]
-    if more:
-        left = left | frozenset(more)
+    if n_t == 1:
+        return _FIRST_ALL.get(toks[0], _EMPTY), _LAST_ALL.get(toks[0], _EMPTY)
+    right = _FIRST_ONE.get(toks[0], _EMPTY)
+    cand = _FIRST_TWO.get((toks[0], toks[1]))
+    if cand:
+        head = tuple(toks[:3])
+        # compared on up to 3 tokens: a longer part may pass needlessly (only an extra redo)
+        more = [n for part, n in cand if head[: len(part)] == part[: len(head)]]
+        if more:
+            right = right | frozenset(more)
+    left = _LAST_ONE.get(toks[-1], _EMPTY)
+    cand = _LAST_TWO.get((toks[-2], toks[-1]))
+    if cand:
+        tail = tuple(toks[-3:])
+        more = [n for part, n in cand if tail[-len(part) :] == part[-len(tail) :]]
+        if more:
+            left = left | frozenset(more)
     return right, left
 
 
