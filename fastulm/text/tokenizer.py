@@ -40,7 +40,6 @@ from fastulm.text.rules import (
     spec_add_spaces,
 )
 from fastulm.text.words import (
-    LETTERS_PASS_THROUGH,
     PATTERNS,
     SPECIALS,
     run_tokens,
@@ -52,14 +51,10 @@ _WS_LIMIT = 0x3001  # every str.isspace() code point is below this
 _WS = np.array([chr(i).isspace() for i in range(_WS_LIMIT)], dtype=np.bool_)
 _WORD = re.compile(r"\w+")
 _SEP = "\x00"
-# The letters-only shortcut needs: no pattern matches ASCII letters, no special-case pass
-# pattern is made of letter tokens only, and fastai's markers are plain special cases.
-_LETTERS_FAST = (
-    LETTERS_PASS_THROUGH
-    and not any(all(t.isascii() and t.isalpha() for t in p) for p in PATTERNS)
-    and SPECIALS.get("xxup") == ("xxup",)
-    and SPECIALS.get("xxmaj") == ("xxmaj",)
-)
+# _scan hands out the markers as ids 7 (xxup) and 8 (xxmaj), the local table's fixed ids;
+# they must stay plain special cases for the lowercase lookup to be exact.
+assert SPECIAL_TOKENS[7:9] == ["xxup", "xxmaj"]
+assert SPECIALS["xxup"] == ("xxup",) and SPECIALS["xxmaj"] == ("xxmaj",)
 
 # Two neighbouring runs can share a multi-token special case (see words.special_pass) only
 # if the first run's tokens end like the left part of some split pattern and the second
@@ -132,8 +127,9 @@ def _hash(arr, s, e):
 
 
 @njit(cache=True)
-def _probe(arr, s, e, h, slots, ent_hash, key_start, key_pool):
-    """Entry index of arr[s:e] in the table, or -(slot + 1) for the empty slot to use."""
+def _probe(arr, s, e, h, lower, slots, ent_hash, key_start, key_pool, key_low):
+    """Entry of arr[s:e] (ASCII-lowercased if `lower`) in the table, or -(slot + 1) for the
+    empty slot to use. Lowercased keys and raw keys live apart (`key_low`)."""
     mask = len(slots) - 1
     j = np.int64(h & np.uint64(mask))
     n = e - s
@@ -141,11 +137,14 @@ def _probe(arr, s, e, h, slots, ent_hash, key_start, key_pool):
         k = slots[j]
         if k < 0:
             return -(j + 1)
-        if ent_hash[k] == h and key_start[k + 1] - key_start[k] == n:
+        if ent_hash[k] == h and key_low[k] == lower and key_start[k + 1] - key_start[k] == n:
             ks = key_start[k]
             same = True
             for i in range(n):
-                if key_pool[ks + i] != arr[s + i]:
+                c = arr[s + i]
+                if lower and 65 <= c <= 90:
+                    c += 32
+                if key_pool[ks + i] != c:
                     same = False
                     break
             if same:
@@ -154,11 +153,14 @@ def _probe(arr, s, e, h, slots, ent_hash, key_start, key_pool):
 
 
 @njit(cache=True)
-def _scan(arr, ws, slots, ent_hash, key_start, key_pool):
+def _scan(arr, ws, slots, ent_hash, key_start, key_pool, key_low):
     """Cut the text into runs and look each up.
 
-    Returns per run: start, end, kind (0 text, 1 whitespace, 2 document end) and entry
-    (-1 when not cached yet). A U+0000 ends a document.
+    Returns per run: start, end, kind, entry (-1 when not cached yet) and marker. Kinds:
+    0 text, 1 whitespace, 2 document end (a U+0000 or the end), 3 text looked up in
+    lowercase. A run of ASCII without `/#\\` and without a character repeated 3 times is
+    untouched by fastai's rules but for replace_all_caps / replace_maj and lowercase: it is
+    looked up lowercased, and its marker (xxup 7 / xxmaj 8, or 0) is worked out here.
     """
     n = len(arr)
     cap = n + 2
@@ -166,6 +168,7 @@ def _scan(arr, ws, slots, ent_hash, key_start, key_pool):
     r_end = np.empty(cap, np.int64)
     r_kind = np.empty(cap, np.int8)
     r_ent = np.empty(cap, np.int32)
+    r_mark = np.zeros(cap, np.int8)
     m = 0
     i = 0
     while i <= n:
@@ -181,31 +184,77 @@ def _scan(arr, ws, slots, ent_hash, key_start, key_pool):
         j = i + 1
         while j < n and arr[j] != 0 and _is_ws(arr[j], ws) == w:
             j += 1
+        kind = 1 if w else 0
         if w and j == i + 1 and arr[i] == 32:
             k = 0  # a single space, the commonest run: entry 0 (see Tokenizer.__init__)
+        elif w:
+            k = _probe(
+                arr, i, j, _hash(arr, i, j), False, slots, ent_hash, key_start, key_pool, key_low
+            )
         else:
-            k = _probe(arr, i, j, _hash(arr, i, j), slots, ent_hash, key_start, key_pool)
+            plain = True
+            n_up = 0
+            n_low = 0
+            h = np.uint64(14695981039346656037)
+            for t in range(i, j):
+                c = arr[t]
+                if c >= 128 or c == 47 or c == 35 or c == 92:
+                    plain = False
+                    break
+                if t >= i + 2 and c == arr[t - 1] and c == arr[t - 2]:
+                    plain = False
+                    break
+                if 65 <= c <= 90:
+                    n_up += 1
+                    c += 32
+                elif 97 <= c <= 122:
+                    n_low += 1
+                h = (h ^ np.uint64(c)) * np.uint64(1099511628211)
+            if plain:
+                kind = 3
+                if j - i > 1 and 65 <= arr[i] <= 90:
+                    if n_low == 0:
+                        r_mark[m] = 7
+                    elif n_up == 1:
+                        r_mark[m] = 8
+                k = _probe(arr, i, j, h, True, slots, ent_hash, key_start, key_pool, key_low)
+            else:
+                k = _probe(
+                    arr,
+                    i,
+                    j,
+                    _hash(arr, i, j),
+                    False,
+                    slots,
+                    ent_hash,
+                    key_start,
+                    key_pool,
+                    key_low,
+                )
         r_start[m] = i
         r_end[m] = j
-        r_kind[m] = 1 if w else 0
+        r_kind[m] = kind
         r_ent[m] = k if k >= 0 else -1
         m += 1
         i = j
-    return r_start[:m], r_end[:m], r_kind[:m], r_ent[:m]
+    return r_start[:m], r_end[:m], r_kind[:m], r_ent[:m], r_mark[:m]
 
 
 @njit(cache=True)
-def _insert(keys, offsets, slots, ent_hash, key_start, key_pool, first):
-    """Add keys[offsets[i]:offsets[i+1]] as entries first, first+1, ... (capacity is ready)."""
+def _insert(keys, offsets, lows, slots, ent_hash, key_start, key_pool, key_low, first):
+    """Add keys[offsets[i]:offsets[i+1]] as entries first, first+1, ... (capacity is ready).
+
+    Lowercased keys (lows[i]) must come already lowercased."""
     for i in range(len(offsets) - 1):
         s, e = offsets[i], offsets[i + 1]
         h = _hash(keys, s, e)
-        k = _probe(keys, s, e, h, slots, ent_hash, key_start, key_pool)
+        k = _probe(keys, s, e, h, lows[i], slots, ent_hash, key_start, key_pool, key_low)
         ent = first + i
         ks = key_start[ent]
         key_pool[ks : ks + e - s] = keys[s:e]
         key_start[ent + 1] = ks + e - s
         ent_hash[ent] = h
+        key_low[ent] = lows[i]
         slots[-k - 1] = ent
 
 
@@ -225,6 +274,7 @@ def _rehash(n_ent, size, ent_hash):
 def _assemble(
     r_kind,
     r_ent,
+    r_mark,
     val_start,
     val_len,
     lead,
@@ -243,7 +293,7 @@ def _assemble(
     Flags: 1 = a special case may span two runs, 2 = a word may repeat (replace_wrep).
     Entries hold two values: [0] as is, [1] for whitespace followed by a rule-made space.
     """
-    total = n_docs
+    total = n_docs + len(r_kind)
     for r in range(len(r_kind)):
         if r_kind[r] != 2:
             e = r_ent[r]
@@ -272,6 +322,7 @@ def _assemble(
             if prev >= 0:
                 pend = e
         else:
+            mark = r_mark[r]
             if prev >= 0:
                 v = 1 if lead[e] else 0
                 n_ws = val_len[pend, v]
@@ -279,12 +330,16 @@ def _assemble(
                 for t in range(n_ws):
                     out[o] = tok_pool[s + t]
                     o += 1
-                if n_ws == 0 and compat[link_last[prev], link_first[e]]:
+                right = 0 if mark else link_first[e]
+                if n_ws == 0 and compat[link_last[prev], right]:
                     flags[d] |= 1
                 if wlast[prev] >= 0 and wlast[prev] == wfirst[e]:
                     flags[d] |= 2
             if wdup[e]:
                 flags[d] |= 2
+            if mark:
+                out[o] = mark
+                o += 1
             s = val_start[e, 0]
             for t in range(val_len[e, 0]):
                 out[o] = tok_pool[s + t]
@@ -325,7 +380,7 @@ class Tokenizer:
         self._lsets: dict[frozenset, int] = {frozenset(): 0}
         self._rsets: dict[frozenset, int] = {frozenset(): 0}
         self._compat = np.zeros((1, 1), np.bool_)
-        self._add_runs([" "])  # entry 0, which _scan uses for single spaces without a lookup
+        self._add_runs([(1, " ")])  # entry 0, which _scan uses for single spaces without a lookup
 
     # -- storage
 
@@ -338,6 +393,7 @@ class Tokenizer:
             setattr(self, name, new)
 
         grow("_ent_hash", cap, np.uint64)
+        grow("_key_low", cap, np.bool_)
         grow("_key_start", cap + 1, np.int64)
         grow("_val_start", (cap, 2), np.int64)
         grow("_val_len", (cap, 2), np.int32)
@@ -377,8 +433,11 @@ class Tokenizer:
         return rid, lid
 
     def _word_id(self, word: str) -> int:
+        """Id of a replace_wrep candidate word, case folded: runs looked up lowercased only
+        know their words in lowercase, so all are compared so (more candidates, never fewer)."""
         if not _WORD.fullmatch(word):
             return -1
+        word = word.lower()
         return self._words.setdefault(word, len(self._words))
 
     # -- one run, the slow way
@@ -397,40 +456,16 @@ class Tokenizer:
         marked = [t for pre in pres for t in (None, *pre)][1:]
         return special_pass(flat, owner), marked, *self._link_ids(flat)
 
-    def _letters_run(self, run: str) -> tuple:
-        """_text_run for ASCII letters without a triple letter (about 40% of new runs).
-
-        replace_rep, spec_add_spaces and rm_useless_spaces change nothing; replace_all_caps
-        applies when all letters are capitals and replace_maj when only the first is, each
-        adding its marker for words longer than 1; spaCy gives the word's special case or
-        the word itself, and no multi-token special case is made of letters only.
-        """
-        low = run.lower()
-        word = SPECIALS.get(low, (low,))
-        marker = None
-        if low != run and len(run) > 1:
-            if run.isupper():
-                marker = "xxup"
-            elif run[1:] == low[1:]:
-                marker = "xxmaj"
-        get = self._ids.get
-        ids = [get(t) for t in word]
-        if None in ids:
-            ids = [self._token_id(t) for t in word]
-        if marker is None:
-            pre = ids
-        else:
-            ids = [get(marker), *ids]
-            pre = [ids[0], -2, *ids[1:]]
-        wid = self._words.setdefault(run, len(self._words))
-        first, last = self._link_ids(word if marker is None else (marker, *word))
-        return ids, pre, False, first, last, wid, wid, False
+    def _lower_run(self, low: str) -> tuple:
+        """Values of a lowercased plain ASCII run (kind 3 in _scan): the rules only add the
+        marker _scan works out, so this is the spaCy split of `low` alone."""
+        toks, pre, first, last = self._split(low)
+        wid = self._word_id(low)  # lowercase: more replace_wrep candidates, never fewer
+        return self._ids_of(toks), self._ids_of(pre), False, first, last, wid, wid, False
 
     def _text_run(self, run: str) -> tuple:
         """Values of a whitespace-free run: ids, ids before the special-case pass, lead space,
         link indices, replace_wrep words."""
-        if _LETTERS_FAST and run.isalpha() and run.isascii() and RE_REP.search(run) is None:
-            return self._letters_run(run)
         rep = replace_rep(run) if RE_REP.search(run) else run
         words = rep.split()
         wdup = len(words) > 1 and any(a == b and _WORD.fullmatch(a) for a, b in pairwise(words))
@@ -456,7 +491,8 @@ class Tokenizer:
             ids.append([self._token_id(replace_space(t)) for t in toks])
         return ids[0], ids[1], False, 0, 0, -1, -1, False
 
-    def _add_runs(self, runs: list[str]) -> None:
+    def _add_runs(self, runs: list[tuple[int, str]]) -> None:
+        """Process new runs, given as (kind, key) with _scan's kinds, and add them."""
         first = self._n
         need = first + len(runs)
         if need > len(self._ent_hash):
@@ -466,11 +502,12 @@ class Tokenizer:
             while 2 * need > size:
                 size *= 2
             self._slots = _rehash(first, size, self._ent_hash)
-        keys = "".join(runs)
+        keys = "".join(key for _, key in runs)
         n_keys = self._key_start[first] + len(keys)
         if n_keys > len(self._key_pool):
             self._key_pool = np.resize(self._key_pool, max(n_keys, 2 * len(self._key_pool)))
-        vals = [self._space_run(r) if r[0].isspace() else self._text_run(r) for r in runs]
+        todo = {1: self._space_run, 0: self._text_run, 3: self._lower_run}
+        vals = [todo[kind](key) for kind, key in runs]
         flat: list[int] = []
         lens = []
         for v in vals:
@@ -494,9 +531,11 @@ class Tokenizer:
         ):
             getattr(self, name)[sl] = col
         offsets = np.zeros(len(runs) + 1, np.int64)
-        np.cumsum([len(r) for r in runs], out=offsets[1:])
+        np.cumsum([len(key) for _, key in runs], out=offsets[1:])
         codes = np.frombuffer(keys.encode("utf-32-le"), np.uint32)
-        _insert(codes, offsets, self._slots, self._ent_hash, self._key_start, self._key_pool, first)
+        lows = np.array([kind == 3 for kind, _ in runs], np.bool_)
+        tables = (self._slots, self._ent_hash, self._key_start, self._key_pool, self._key_low)
+        _insert(codes, offsets, lows, *tables, first)
         self._n = need
 
     # -- documents
@@ -506,14 +545,14 @@ class Tokenizer:
         toks = split_words(apply_rules(text), self._split_cache)
         return np.array([self._token_id(replace_space(t)) for t in toks], dtype=np.int32)
 
-    def _relink(self, ents: list[tuple[int, int]]) -> np.ndarray:
+    def _relink(self, ents: list[tuple[int, int, int]]) -> np.ndarray:
         """Ids of one document from its runs' entries, with the document-wide special-case
         pass (for a document where two runs may share a multi-token special case)."""
         toks, owner = [BOS], [-1]
         pool, val_start, val_len = self._tok_pool, self._val_start, self._val_len
         k = 0
         prev = pend = -1
-        for kind, e in ents:
+        for kind, e, mark in ents:
             if kind == 1:
                 pend = e if prev >= 0 else -1
                 continue
@@ -525,6 +564,10 @@ class Tokenizer:
                     toks.append(self.tokens[i])
                     owner.append(k)
             k += 1
+            if mark:
+                toks.append(self.tokens[mark])
+                owner.append(k)
+                k += 1
             s = val_start[e, 1]
             for i in pool[s : s + val_len[e, 1]].tolist():
                 if i == -2:
@@ -539,19 +582,24 @@ class Tokenizer:
         """Ids and offsets of HTML-fixed texts, and the documents that need the slow path."""
         joined = _SEP.join(fixed)
         arr = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
-        tables = (self._slots, self._ent_hash, self._key_start, self._key_pool)
-        r_start, r_end, r_kind, r_ent = _scan(arr, _WS, *tables)
+        tables = (self._slots, self._ent_hash, self._key_start, self._key_pool, self._key_low)
+        r_start, r_end, r_kind, r_ent, r_mark = _scan(arr, _WS, *tables)
         miss = np.flatnonzero((r_ent < 0) & (r_kind != 2))
         if len(miss):
-            new: dict[str, int] = {}
-            keys = [joined[s:e] for s, e in zip(r_start[miss].tolist(), r_end[miss].tolist())]
+            new: dict[tuple[int, str], int] = {}
+            keys = [
+                (k, joined[s:e].lower() if k == 3 else joined[s:e])
+                for k, s, e in zip(
+                    r_kind[miss].tolist(), r_start[miss].tolist(), r_end[miss].tolist()
+                )
+            ]
             for key in keys:
                 new.setdefault(key, len(new))
             first = self._n
             self._add_runs(list(new))
             r_ent[miss] = [first + new[key] for key in keys]
         ids, offsets, flags = _assemble(
-            r_kind, r_ent, self._val_start, self._val_len, self._lead, self._link_first,
+            r_kind, r_ent, r_mark, self._val_start, self._val_len, self._lead, self._link_first,
             self._link_last, self._compat, self._wfirst, self._wlast, self._wdup, self._tok_pool,
             len(fixed), self._ids[BOS],
         )  # fmt: skip
@@ -568,7 +616,8 @@ class Tokenizer:
             ends = np.flatnonzero(r_kind == 2)
             for d in redo:
                 lo = ends[d - 1] + 1 if d else 0
-                ents = list(zip(r_kind[lo : ends[d]].tolist(), r_ent[lo : ends[d]].tolist()))
+                sl = slice(lo, ends[d])
+                ents = list(zip(r_kind[sl].tolist(), r_ent[sl].tolist(), r_mark[sl].tolist()))
                 redo[d] = self._relink(ents)
             pieces = [ids[offsets[i] : offsets[i + 1]] for i in range(len(fixed))]
             for d, new_ids in redo.items():

@@ -84,6 +84,9 @@ def test_ids_and_table():
         "back'' ''return",  # a special case may span two runs
         "a\x00b",  # the batch separator inside a text
         "Hello\x00 World \x00",
+        "Noooo!!!No No No",  # replace_wrep over a raw-keyed and two lowercase-keyed runs
+        "HELLO, Hello, hello, HeLLo, I, A1, ÉTÉ CAFÉ iPhone McDonald's U.S.A. DON'T Don't",
+        "wow.. Wow.. WOW.. aAa AaA Aaa",
     ],
 )
 def test_whole_document_cases(text):
