@@ -160,12 +160,13 @@ def fastulm_lm_step(
     fused_ce: bool = True,
     checkpoint: bool = False,
     amp: torch.dtype | None = None,
+    sizes: dict | None = None,
 ) -> Callable[[], None]:
     from fastulm.model import AWDLSTMConfig, get_language_model
 
     device = torch.device(device)
     torch.manual_seed(0)
-    cfg = AWDLSTMConfig.lm(drop_mult=0.3, bptt=bptt, checkpoint=checkpoint)
+    cfg = AWDLSTMConfig.lm(drop_mult=0.3, bptt=bptt, checkpoint=checkpoint, **(sizes or {}))
     model = get_language_model(vocab, cfg).to(device).train()
     x, y = lm_batch(vocab, bs, bptt, device)
 
@@ -184,14 +185,21 @@ def fastulm_lm_step(
 
 
 def fastai_lm_step(
-    vocab: int, bs: int, bptt: int, device, *, amp: torch.dtype | None = None
+    vocab: int,
+    bs: int,
+    bptt: int,
+    device,
+    *,
+    amp: torch.dtype | None = None,
+    sizes: dict | None = None,
 ) -> Callable[[], None]:
     from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_lm_config
     from fastai.text.models.core import get_language_model
 
     device = torch.device(device)
     torch.manual_seed(0)
-    model = get_language_model(AWD_LSTM, vocab, awd_lstm_lm_config.copy(), drop_mult=0.3)
+    config = {**awd_lstm_lm_config, **(sizes or {})}
+    model = get_language_model(AWD_LSTM, vocab, config, drop_mult=0.3)
     model = model.to(device).train()
     x, y = lm_batch(vocab, bs, bptt, device)
 
@@ -216,6 +224,7 @@ def fastulm_clas_step(
     checkpoint: bool = False,
     fused_pool: bool = True,
     amp: torch.dtype | None = None,
+    sizes: dict | None = None,
 ) -> Callable[[], None]:
     from fastulm.kernels.concat_pool import masked_concat_pool_reference
 
@@ -223,7 +232,7 @@ def fastulm_clas_step(
 
     device = torch.device(device)
     torch.manual_seed(0)
-    cfg = AWDLSTMConfig.classifier(drop_mult=0.5, bptt=bptt, checkpoint=checkpoint)
+    cfg = AWDLSTMConfig.classifier(drop_mult=0.5, bptt=bptt, checkpoint=checkpoint, **(sizes or {}))
     model = get_classifier(vocab, 2, cfg).to(device).train()
     x, y = clas_batch(vocab, bs, seq_len, bptt, device)
     encoder, head = model._modules["0"], model.head
@@ -251,15 +260,15 @@ def fastai_clas_step(
     *,
     bptt: int = 72,
     amp: torch.dtype | None = None,
+    sizes: dict | None = None,
 ) -> Callable[[], None]:
     from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_clas_config
     from fastai.text.models.core import get_text_classifier
 
     device = torch.device(device)
     torch.manual_seed(0)
-    model = get_text_classifier(
-        AWD_LSTM, vocab, 2, seq_len=bptt, config=awd_lstm_clas_config.copy(), drop_mult=0.5
-    )
+    config = {**awd_lstm_clas_config, **(sizes or {})}
+    model = get_text_classifier(AWD_LSTM, vocab, 2, seq_len=bptt, config=config, drop_mult=0.5)
     model = model.to(device).train()
     x, y = clas_batch(vocab, bs, seq_len, bptt, device)
 
