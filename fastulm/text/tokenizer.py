@@ -461,7 +461,9 @@ class Tokenizer:
         marker _scan works out, so this is the spaCy split of `low` alone."""
         toks, pre, first, last = self._split(low)
         wid = self._word_id(low)  # lowercase: more replace_wrep candidates, never fewer
-        return self._ids_of(toks), self._ids_of(pre), False, first, last, wid, wid, False
+        ids = self._ids_of(toks)
+        pre_ids = ids if pre is toks else self._ids_of(pre)
+        return ids, pre_ids, False, first, last, wid, wid, False
 
     def _text_run(self, run: str) -> tuple:
         """Values of a whitespace-free run: ids, ids before the special-case pass, lead space,
