@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> None:
     from fastulm.data.pipeline import VocabOptions, merge_parts, tokenize_shard, tokenize_source
 
     if args.show is not None:
@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.merge:
         if len(args.paths) < 2:
             parser.error("--merge needs PART... OUT")
-        merge_parts(args.paths[:-1], args.paths[-1], options, force=args.force)
+        merge_parts(args.paths[:-1], args.paths[-1], options, force=args.force, check=check)
         return
     if len(args.paths) != 2:
         parser.error("expected SRC OUT")
@@ -90,6 +90,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         progress=not args.quiet,
         cache_dir=args.cache_dir,
         sha256=args.sha256,
+        check=check,
     )
     if args.num_shards is not None or args.shard_index is not None:
         if args.num_shards is None or args.shard_index is None or args.num_shards < 1:
@@ -99,23 +100,43 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     tokenize_source(src, out, options, **common)
 
 
-def _terminate(signum, frame):
-    raise SystemExit(128 + signum)
+class StopRequest:
+    """Ctrl-C / SIGTERM, recorded by the signal handler and acted on at the pipeline's safe
+    points (between batches, before each file). Raising from the handler itself can land
+    inside a numba call's argument handling, which was seen to crash the process; a second
+    Ctrl-C still stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so temporary output is removed on the way out.
-    signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C and SIGTERM stop the run at its next safe point; temporary output is removed.
+    stop = StopRequest()
+    stop.install()
     try:
-        _run(args, parser)
+        _run(args, parser, stop.check)
     except DataError as err:
         print(f"fastulm.tokenize: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("fastulm.tokenize: interrupted", file=sys.stderr)
-        return 130
+        print("fastulm.tokenize: interrupted, nothing written", file=sys.stderr)
+        return 128 + (stop.signum or signal.SIGINT)
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
         print(f"fastulm.tokenize: error: {where}{err.strerror or err}", file=sys.stderr)

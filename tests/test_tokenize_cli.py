@@ -146,16 +146,19 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(imdb_sample, tmp_pat
     seen = ""
     while "doc/s" not in seen:  # the progress bar is up: OUT is claimed, tokenizing started
         seen += os.read(proc.stderr.fileno(), 4096).decode()
-        assert proc.poll() is None, "finished before it could be interrupted"
+        assert proc.poll() is None, f"finished before it could be interrupted: {seen}"
     time.sleep(0.05)
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(sig)
+    rest = proc.stderr.read()
     proc.wait(timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode != 0, rest
     assert not out.exists()
     left = [p.name for p in tmp_path.iterdir() if p.name != "big.csv"]
-    if sig == signal.SIGTERM:
-        assert left == []  # cleaned up on the way out
+    if sig == signal.SIGTERM:  # stops at the next batch and cleans up on the way out
+        assert proc.returncode == 143, rest
+        assert "interrupted, nothing written" in rest
+        assert left == [], (proc.returncode, rest)
     else:  # a hard kill can leave the hidden temporary, never a corpus
         assert all(p.startswith(".out.tmp-") for p in left)
         assert all(not (tmp_path / p / "meta.json").exists() for p in left)

@@ -294,6 +294,7 @@ def finish(
     out: str | os.PathLike | OutputDir,
     options: VocabOptions,
     force: bool = False,
+    check: Callable[[], None] | None = None,
 ) -> Path:
     """Vocab, numericalization and the corpus files from everything collected."""
     if collector.n_docs == 0:
@@ -339,11 +340,15 @@ def finish(
             lut[u] = i
     labels = np.asarray(collector.labels, np.int64)
 
+    check = check or (lambda: None)
+
     def batches() -> Iterator[tuple[str, pa.RecordBatch]]:
         for s, perm in canon.perms.items():  # one split in memory at a time
+            check()
             ids, offsets = canon.gather(s, lut)
             doc_ids = [collector.doc_ids[d] for d in perm]
             yield s, split_batch(ids, offsets, labels[perm], doc_ids)
+        check()  # last chance to stop before the corpus is renamed into place
 
     from fastulm import __version__
 
@@ -400,6 +405,7 @@ def collect(
     shard_index: int = 0,
     progress: bool = True,
     tokenizer_factory: Callable | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Collector:
     """Tokenize every document of ``source`` (or of one shard) in ``workers`` processes."""
     from tqdm import tqdm
@@ -441,6 +447,8 @@ def collect(
             collector.add_tokens(pid, start, new)
             collector.add_docs(pid, ids, lengths, meta.pop(index), bad)
             bar.update(len(lengths))
+            if check is not None:
+                check()
             if bar.total is None and seen:
                 bar.total = seen[0]
                 bar.refresh()
@@ -464,8 +472,12 @@ def tokenize_source(
     cache_dir: str | None = None,
     sha256: str | None = None,
     tokenizer_factory: Callable | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Path:
-    """``python -m fastulm.tokenize SRC OUT``: the whole job in one process tree."""
+    """``python -m fastulm.tokenize SRC OUT``: the whole job in one process tree.
+
+    ``check`` is called between batches and before each file is written; it raises to stop
+    the run (the CLI's Ctrl-C/SIGTERM handling), leaving no output behind."""
     options = options or VocabOptions()
     if options.vocab_path:
         Vocab.load(options.vocab_path)  # fail before the work, not after
@@ -473,8 +485,10 @@ def tokenize_source(
     t0 = time.perf_counter()
     # Claim OUT first: the run writes under a temporary name for its whole length.
     with OutputDir(out, force) as target:
-        collector = collect(source, workers, progress=progress, tokenizer_factory=tokenizer_factory)
-        path = finish(collector, target, options)
+        collector = collect(
+            source, workers, progress=progress, tokenizer_factory=tokenizer_factory, check=check
+        )
+        path = finish(collector, target, options, check=check)
     if progress:
         n_tok = sum(
             v["tokens"] for v in json.loads((path / "meta.json").read_text())["splits"].values()
@@ -498,13 +512,18 @@ def tokenize_shard(
     cache_dir: str | None = None,
     sha256: str | None = None,
     tokenizer_factory: Callable | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Path:
     """Tokenize every ``num_shards``-th document (from ``shard_index``) into a part folder."""
     if not 0 <= shard_index < num_shards:
         raise DataError(f"--shard-index must be in 0..{num_shards - 1}, got {shard_index}")
     source = open_source(src, cache_dir=cache_dir, sha256=sha256)
     with OutputDir(out, force) as target:
-        collector = collect(source, workers, num_shards, shard_index, progress, tokenizer_factory)
+        collector = collect(
+            source, workers, num_shards, shard_index, progress, tokenizer_factory, check
+        )
+        if check is not None:
+            check()
         return _write_part(collector, target, num_shards, shard_index)
 
 
@@ -572,13 +591,14 @@ def merge_parts(
     out: str | os.PathLike,
     options: VocabOptions | None = None,
     force: bool = False,
+    check: Callable[[], None] | None = None,
 ) -> Path:
     """Combine the parts of a sharded run into the same corpus a single run writes."""
     options = options or VocabOptions()
     if not parts:
         raise DataError("--merge needs at least one part")
     with OutputDir(out, force) as target:
-        return finish(_collect_parts(parts), target, options)
+        return finish(_collect_parts(parts), target, options, check=check)
 
 
 def _collect_parts(parts: Sequence[str | os.PathLike]) -> Collector:
