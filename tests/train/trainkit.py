@@ -18,7 +18,8 @@ class StreamLoader:
         self.seed, self.shuffle, self.doc_len = seed, shuffle, doc_len
         self.rank, self.world_size = rank, world_size
         self.epoch, self.pos = 0, 0
-        self.n_stream = (len(self.ids) - 1) // bs
+        usable = len(self.ids) // doc_len * doc_len if shuffle else len(self.ids)
+        self.n_stream = (usable - 1) // bs
 
     def __len__(self):
         return -(-(self.n_stream) // self.bptt)

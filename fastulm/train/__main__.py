@@ -1,0 +1,239 @@
+"""``python -m fastulm.train lm|clas CORPUS RUN_DIR ...``: the walkthrough's two stages.
+
+    python -m fastulm.train lm CORPUS RUN_DIR [--pretrained WGTS VOCAB] [--preset paper|cpu|tiny]
+    python -m fastulm.train clas CORPUS RUN_DIR --encoder LM_RUN_DIR_OR_PATH [--preset ...]
+
+The LM stage trains one epoch with the body frozen, then the unfrozen epochs, and ends with
+``RUN_DIR/encoder.safetensors``; the classifier stage loads that encoder and follows the
+walkthrough's gradual unfreezing. Both write the run directory described in run_dir.py and
+can be run under ``torchrun`` unchanged. ``--resume`` continues from
+``RUN_DIR/checkpoints/last.pt``; ``--time-limit`` stops cleanly (exit code 75) with a
+checkpoint, so a long run can be spread over several calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+EXIT_TIME_LIMIT = 75  # EX_TEMPFAIL: stopped at --time-limit, resume to continue
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastulm.train",
+        description="Fine-tune an AWD-LSTM language model (lm) or train a classifier (clas).",
+    )
+    sub = p.add_subparsers(dest="stage", required=True)
+    for stage in ("lm", "clas"):
+        s = sub.add_parser(
+            stage,
+            help="language-model stage" if stage == "lm" else "classifier stage",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        s.add_argument("corpus", help="corpus folder written by python -m fastulm.tokenize")
+        s.add_argument("run_dir", help="output folder (weights, logs, plots, checkpoints)")
+        s.add_argument("--preset", default="paper", help="paper, cpu or tiny")
+        s.add_argument("--bs", type=int, help="global batch size (preset's by default)")
+        s.add_argument("--bptt", type=int, help="tokens per window / chunk")
+        s.add_argument("--drop-mult", type=float, help="scales every dropout")
+        s.add_argument("--emb-sz", type=int)
+        s.add_argument("--n-hid", type=int)
+        s.add_argument("--n-layers", type=int)
+        s.add_argument("--lr", type=float, help="first stage's learning rate")
+        s.add_argument("--wd", type=float, help="decoupled weight decay (0.01)")
+        s.add_argument("--clip", type=float, help="clip the gradient norm to this value")
+        s.add_argument(
+            "--mixed-precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"]
+        )
+        s.add_argument("--grad-checkpoint", action="store_true", help="recompute activations")
+        s.add_argument("--backwards", action="store_true", help="read every document reversed")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
+        s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        s.add_argument("--time-limit", type=float, help="minutes; stop with a checkpoint")
+        s.add_argument("--checkpoint-minutes", type=float, default=10.0)
+        s.add_argument("--lr-find", action="store_true", help="run lr_find first (plot + hint)")
+        s.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+        s.add_argument("--quiet", action="store_true", help="no progress bars")
+        if stage == "lm":
+            s.add_argument("--pretrained", nargs=2, metavar=("WEIGHTS", "VOCAB"))
+            s.add_argument("--epochs", type=int, help="unfrozen epochs")
+            s.add_argument("--frozen-epochs", type=int, help="epochs with the body frozen")
+            s.add_argument("--valid-pct", type=float, default=0.1, help="held-out documents")
+            s.add_argument("--valid-split", help="validate on this split instead")
+            s.add_argument("--splits", help="comma-separated splits to train on (default: all)")
+            s.add_argument("--random-bptt", action="store_true", help="AWD-LSTM window jitter")
+        else:
+            s.add_argument("--encoder", required=True, help="LM run dir or encoder path")
+            s.add_argument("--max-len", type=int, help="tokens kept per document (tail)")
+            s.add_argument("--final-epochs", type=int, help="epochs of the unfrozen stage")
+            s.add_argument("--train-split", default="train")
+            s.add_argument("--valid-split", help="default: valid if present, else test")
+    return p
+
+
+def _stages(args, recipe):
+    from fastulm.train.presets import Stage, gradual_unfreezing
+
+    stages = list(recipe.stages)
+    if args.stage == "lm":
+        frozen = next((s for s in stages if s.freeze_to != 0), None)
+        unfrozen = next(s for s in stages if s.freeze_to == 0)
+        n_frozen = (
+            args.frozen_epochs
+            if args.frozen_epochs is not None
+            else (frozen.epochs if frozen else 0)
+        )
+        lr = args.lr if args.lr is not None else (frozen.lr if frozen else 1e-2)
+        out = [Stage(-1, n_frozen, lr)] if n_frozen else []
+        epochs = args.epochs if args.epochs is not None else unfrozen.epochs
+        lr_unfrozen = unfrozen.lr if args.lr is None else args.lr / 10
+        return [*out, Stage(0, epochs, lr_unfrozen)] if epochs else out
+    final = args.final_epochs if args.final_epochs is not None else stages[-1].epochs
+    if args.lr is None and args.final_epochs is None:
+        return stages
+    lr = args.lr if args.lr is not None else stages[0].lr
+    return gradual_unfreezing(lr, final)
+
+
+def run(args) -> int:
+    import torch
+
+    from fastulm.train import distributed as ddp
+    from fastulm.train.presets import get_preset
+    from fastulm.train.text_learners import language_model_learner, text_classifier_learner
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = ddp.init_from_env()
+    preset = get_preset(args.preset)
+    recipe = preset.lm if args.stage == "lm" else preset.clas
+    run_dir = Path(args.run_dir)
+    size = {k: getattr(args, k) or v for k, v in preset.model_kw().items()}
+    common = dict(
+        bs=args.bs or recipe.bs,
+        bptt=args.bptt or recipe.bptt,
+        drop_mult=args.drop_mult if args.drop_mult is not None else recipe.drop_mult,
+        path=run_dir,
+        seed=args.seed,
+        backwards=args.backwards,
+        grad_checkpoint=args.grad_checkpoint,
+        wd=args.wd if args.wd is not None else preset.wd,
+        moms=preset.moms,
+        clip=args.clip,
+        mixed_precision=args.mixed_precision,
+        device=args.device,
+        show_progress=not args.quiet,
+        **size,
+    )
+    if args.stage == "lm":
+        learn = language_model_learner(
+            args.corpus,
+            valid_pct=args.valid_pct,
+            valid_split=args.valid_split,
+            splits=args.splits.split(",") if args.splits else None,
+            pretrained=tuple(args.pretrained) if args.pretrained else None,
+            random_bptt=args.random_bptt,
+            **common,
+        )
+    else:
+        learn = text_classifier_learner(
+            args.corpus,
+            max_len=args.max_len or recipe.max_len,
+            train_split=args.train_split,
+            valid_split=args.valid_split,
+            **common,
+        )
+        learn.load_encoder(_encoder_path(args.encoder))
+    stages = _stages(args, recipe)
+    learn.checkpoint_path = run_dir / "checkpoints" / "last.pt"
+    learn.checkpoint_every_s = args.checkpoint_minutes * 60
+    learn.time_limit_s = args.time_limit * 60 if args.time_limit is not None else None
+    if args.resume:
+        if learn.checkpoint_path.is_file():
+            learn.resume(learn.checkpoint_path)
+        elif ctx.is_main:
+            print(f"no checkpoint at {learn.checkpoint_path}: starting from the beginning")
+    elif ctx.is_main:
+        _write_settings(run_dir, args, stages, common)
+    if ctx.is_main and not args.quiet:
+        learn.show_batch(n=3)
+    if args.lr_find and not args.resume:
+        learn.lr_find()
+    t0 = time.monotonic()
+    for stage in stages:
+        learn.freeze_to(stage.freeze_to)
+        learn.fit_one_cycle(stage.epochs, stage.lr_arg())
+    if args.stage == "lm":
+        learn.save_encoder(run_dir / "encoder")
+    learn.export(run_dir)
+    if ctx.is_main:
+        last = learn.history["epochs"][-1] if learn.history["epochs"] else {}
+        acc = last.get("accuracy", float("nan"))
+        print(f"done in {time.monotonic() - t0:.0f} s: valid accuracy {acc:.4f}; wrote {run_dir}")
+    if ctx.active:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def _encoder_path(arg: str) -> Path:
+    path = Path(arg)
+    if path.is_dir():
+        path = path / "encoder"
+    return path
+
+
+def _write_settings(run_dir: Path, args, stages, common) -> None:
+    import json
+
+    from fastulm.train.checkpoint import atomic_write
+
+    info = {
+        "argv": sys.argv[1:],
+        "stage": args.stage,
+        "stages": [dataclasses.asdict(s) for s in stages],
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in common.items()},
+    }
+    text = json.dumps(info, indent=1, default=str) + "\n"
+    atomic_write(run_dir / "train_args.json", lambda tmp: Path(tmp).write_text(text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from fastulm.data import DataError
+    from fastulm.model.encoder_io import EncoderMismatchError
+    from fastulm.model.pretrained import PretrainedFormatError
+    from fastulm.train.checkpoint import CheckpointError
+    from fastulm.train.learner import TimeLimitReached, TrainingError
+
+    try:
+        return run(args)
+    except TimeLimitReached as err:
+        print(f"stopped: {err}; rerun with --resume to continue", file=sys.stderr)
+        return EXIT_TIME_LIMIT
+    except (
+        DataError,
+        CheckpointError,
+        EncoderMismatchError,
+        PretrainedFormatError,
+        TrainingError,
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+    ) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The train / predict / generate commands: help, bad input, time limit and exact resume."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fastulm import generate, predict
+from fastulm.tokenize import main as tokenize_main
+from fastulm.train.__main__ import EXIT_TIME_LIMIT
+from fastulm.train.__main__ import main as train_main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # tiny models: OpenMP threads only wait on each other
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fastulm.train", "--help"],
+        ["fastulm.train", "lm", "--help"],
+        ["fastulm.train", "clas", "--help"],
+        ["fastulm.predict", "--help"],
+        ["fastulm.generate", "--help"],
+    ],
+)
+def test_help(args):
+    res = _run(*args)
+    assert res.returncode == 0 and "usage:" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """A 120-review corpus tokenized by the real tokenizer (positive / negative words)."""
+    root = tmp_path_factory.mktemp("cli")
+    good = ["great", "wonderful", "loved", "superb", "fun"]
+    bad = ["awful", "boring", "hated", "dull", "bad"]
+    rows = ["label,text,is_valid"]
+    for i in range(120):
+        words = good if i % 2 else bad
+        text = f"This film was {words[i % 5]} and {words[(i + 2) % 5]}. The cast was {words[(i + 3) % 5]}!"
+        rows.append(f'{"pos" if i % 2 else "neg"},"{text}",{i % 6 == 0}')
+    (root / "t.csv").write_text("\n".join(rows) + "\n")
+    assert (
+        tokenize_main([str(root / "t.csv"), str(root / "corpus"), "--workers", "1", "--quiet"]) == 0
+    )
+    return root / "corpus"
+
+
+TINY = [
+    "--preset",
+    "tiny",
+    "--bs",
+    "8",
+    "--bptt",
+    "8",
+    "--quiet",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+]
+
+
+def test_time_limit_then_resume_equals_one_run(small_corpus, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train_main(["lm", str(small_corpus), str(whole), *TINY]) == 0
+    assert train_main(["lm", str(small_corpus), str(split), *TINY, "--time-limit", "0"]) == (
+        EXIT_TIME_LIMIT
+    )
+    assert (split / "checkpoints" / "last.pt").is_file()
+    assert not (split / "model.safetensors").exists()
+    assert train_main(["lm", str(small_corpus), str(split), *TINY, "--resume"]) == 0
+    a, b = load_file(whole / "model.safetensors"), load_file(split / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (whole / "encoder.safetensors").is_file() and (whole / "encoder.json").is_file()
+    # generation is repeatable with a seed and starts with the prompt
+    out1 = generate.main([str(whole), "The cast was", "--n-words", "5", "--seed", "1"])
+    assert out1 == 0
+
+
+def test_generate_output(small_corpus, tmp_path, capsys):
+    lm = tmp_path / "lm"
+    assert train_main(["lm", str(small_corpus), str(lm), *TINY, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    argv = [str(lm), "The cast was", "--n-words", "6", "--seed", "3", "--n-samples", "2"]
+    assert generate.main(argv) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert generate.main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == first
+    assert len(first) == 2 and all(line.startswith("The cast was") for line in first)
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def test_bad_inputs(small_corpus, tmp_path, capsys):
+    res = _run("fastulm.train", "lm", str(tmp_path / "nope"), str(tmp_path / "run"), *TINY)
+    assert res.returncode == 1  # the real exit status of the command
+    assert res.stderr.count("\n") == 1 and "nope" in res.stderr
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert predict.main([str(tmp_path), "some text"]) == 1
+    assert "config.json" in _one_error_line(capsys)
+    argv = ["clas", str(small_corpus), str(tmp_path / "c"), *TINY, "--encoder", str(tmp_path / "x")]
+    assert train_main(argv) == 1
+    assert "x.safetensors" in _one_error_line(capsys)
+    assert train_main(["lm", str(small_corpus), str(tmp_path / "r"), "--preset", "huge"]) == 1
+    assert "unknown preset" in _one_error_line(capsys)
+
+
+def test_encoder_size_mismatch(small_corpus, tmp_path, capsys):
+    lm = tmp_path / "lm"
+    assert train_main(["lm", str(small_corpus), str(lm), *TINY, "--epochs", "0"]) == 0
+    capsys.readouterr()
+    argv = ["clas", str(small_corpus), str(tmp_path / "c"), *TINY, "--encoder", str(lm)]
+    assert train_main([*argv, "--emb-sz", "48"]) == 1
+    assert "emb_sz" in _one_error_line(capsys)
+
+
+def test_classifier_and_predict_file(small_corpus, tmp_path, capsys):
+    lm, clas = tmp_path / "lm", tmp_path / "clas"
+    assert train_main(["lm", str(small_corpus), str(lm), *TINY, "--epochs", "1"]) == 0
+    assert (
+        train_main(
+            [
+                "clas",
+                str(small_corpus),
+                str(clas),
+                *TINY,
+                "--encoder",
+                str(lm),
+                "--final-epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert predict.main([str(clas), "This film was great and fun."]) == 0
+    line = capsys.readouterr().out
+    assert line.split()[0] in {"pos", "neg"} and "p" in line
+    texts = tmp_path / "in.txt"
+    texts.write_text("This film was great.\nIt was awful and dull.\n")
+    assert predict.main([str(clas), "--file", str(texts), "--out", str(tmp_path / "o.csv")]) == 0
+    rows = (tmp_path / "o.csv").read_text().splitlines()
+    assert rows[0] == "label,p_neg,p_pos" and len(rows) == 3
+    capsys.readouterr()
+    assert generate.main([str(clas), "hello"]) == 1
+    assert "not a language model" in _one_error_line(capsys)
+    bad_csv = tmp_path / "in.csv"
+    bad_csv.write_text("review\nfoo\n")
+    assert predict.main([str(clas), "--file", str(bad_csv)]) == 1
+    assert "no column 'text'" in _one_error_line(capsys)
