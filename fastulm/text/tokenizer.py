@@ -40,6 +40,7 @@ from fastulm.text.rules import (
     spec_add_spaces,
 )
 from fastulm.text.words import (
+    LETTERS_PASS_THROUGH,
     PATTERNS,
     SPECIALS,
     run_tokens,
@@ -51,6 +52,11 @@ _WS_LIMIT = 0x3001  # every str.isspace() code point is below this
 _WS = np.array([chr(i).isspace() for i in range(_WS_LIMIT)], dtype=np.bool_)
 _WORD = re.compile(r"\w+")
 _SEP = "\x00"
+# ASCII letters are one token or their special case (words.LETTERS_PASS_THROUGH), and no
+# special-case pattern is made of letter tokens only: then the final pass changes nothing.
+_LETTER_WORDS_PLAIN = LETTERS_PASS_THROUGH and not any(
+    all(t.isascii() and t.isalpha() for t in p) for p in PATTERNS
+)
 # _scan hands out the markers as ids 7 (xxup) and 8 (xxmaj), the local table's fixed ids;
 # they must stay plain special cases for the lowercase lookup to be exact.
 assert SPECIAL_TOKENS[7:9] == ["xxup", "xxmaj"]
@@ -459,6 +465,11 @@ class Tokenizer:
     def _lower_run(self, low: str) -> tuple:
         """Values of a lowercased plain ASCII run (kind 3 in _scan): the rules only add the
         marker _scan works out, so this is the spaCy split of `low` alone."""
+        if _LETTER_WORDS_PLAIN and low.isalpha():  # ASCII letters (about 40% of new runs)
+            word = SPECIALS.get(low, (low,))
+            ids = self._ids_of(word)
+            wid = self._words.setdefault(low, len(self._words))
+            return ids, ids, False, *self._link_ids(word), wid, wid, False
         toks, pre, first, last = self._split(low)
         wid = self._word_id(low)  # lowercase: more replace_wrep candidates, never fewer
         ids = self._ids_of(toks)
