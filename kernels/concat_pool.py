@@ -17,7 +17,7 @@ memory-lean torch path (per-row views, no ``[bs, seq, hidden]`` temporaries), an
 from __future__ import annotations
 
 import torch
-from fastulm.kernels.dispatch import INTERPRET, next_pow2, tl, triton, use_triton
+from fastulm.kernels.dispatch import INTERPRET, device_guard, next_pow2, tl, triton, use_triton
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels (maths in fp32: the interpreter cannot do arithmetic on bf16 values)
@@ -112,16 +112,18 @@ def _fwd_triton(x: torch.Tensor, meta: torch.Tensor, out: torch.Tensor, arg: tor
     bs, _, H = x.shape
     block_t, block_h = _blocks(H)
     grid = (bs, triton.cdiv(H, block_h))
-    _pool_fwd_kernel[grid](
-        x, meta, out, arg, H, x.stride(0), x.stride(1), BLOCK_T=block_t, BLOCK_H=block_h
-    )
+    with device_guard(x):
+        _pool_fwd_kernel[grid](
+            x, meta, out, arg, H, x.stride(0), x.stride(1), BLOCK_T=block_t, BLOCK_H=block_h
+        )
 
 
 def _bwd_triton(g: torch.Tensor, arg: torch.Tensor, meta: torch.Tensor, gx: torch.Tensor):
     bs, T, H = gx.shape
     block_t, block_h = _blocks(H)
     grid = (bs, triton.cdiv(T, block_t), triton.cdiv(H, block_h))
-    _pool_bwd_kernel[grid](g, arg, meta, gx, T, H, BLOCK_T=block_t, BLOCK_H=block_h)
+    with device_guard(gx):
+        _pool_bwd_kernel[grid](g, arg, meta, gx, T, H, BLOCK_T=block_t, BLOCK_H=block_h)
 
 
 # ---------------------------------------------------------------------------------------------

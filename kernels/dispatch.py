@@ -10,6 +10,7 @@ imports where it is absent (macOS, Windows); the torch paths then serve every de
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -51,6 +52,11 @@ def use_triton(device: torch.device) -> bool:
             "fastulm.kernels is imported"
         )
     return True
+
+
+def device_guard(t: torch.Tensor):
+    """Launch on the tensor's GPU (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def next_pow2(n: int) -> int:

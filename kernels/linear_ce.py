@@ -22,7 +22,7 @@ import os
 
 import torch
 import torch.nn.functional as F
-from fastulm.kernels.dispatch import INTERPRET, next_pow2, tl, triton, use_triton
+from fastulm.kernels.dispatch import INTERPRET, device_guard, next_pow2, tl, triton, use_triton
 
 if triton is not None:
 
@@ -73,19 +73,20 @@ if triton is not None:
 def _ce_chunk_triton(z, target, loss, correct, ignore_index, inv_n, write_grad):
     rows, V = z.shape
     block_v = min(next_pow2(V), 8192 if INTERPRET else 4096)
-    _ce_chunk_kernel[(rows,)](
-        z,
-        z.stride(0),
-        target,
-        loss,
-        correct,
-        V,
-        ignore_index,
-        inv_n,
-        WRITE_GRAD=write_grad,
-        BLOCK_V=block_v,
-        num_warps=1 if INTERPRET else 8,
-    )
+    with device_guard(z):
+        _ce_chunk_kernel[(rows,)](
+            z,
+            z.stride(0),
+            target,
+            loss,
+            correct,
+            V,
+            ignore_index,
+            inv_n,
+            WRITE_GRAD=write_grad,
+            BLOCK_V=block_v,
+            num_warps=1 if INTERPRET else 8,
+        )
     return z
 
 

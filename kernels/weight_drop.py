@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from fastulm.kernels.dispatch import INTERPRET, tl, triton, use_triton
+from fastulm.kernels.dispatch import INTERPRET, device_guard, tl, triton, use_triton
 
 if triton is not None:
 
@@ -36,7 +36,10 @@ def _apply_triton(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     out = torch.empty_like(x)
     n = x.numel()
     block = 4096 if INTERPRET else 1024
-    _weight_drop_kernel[(triton.cdiv(n, block),)](x, out, n, seed, p, 1.0 / (1.0 - p), BLOCK=block)
+    with device_guard(x):
+        _weight_drop_kernel[(triton.cdiv(n, block),)](
+            x, out, n, seed, p, 1.0 / (1.0 - p), BLOCK=block
+        )
     return out
 
 
