@@ -43,9 +43,12 @@ from fastulm.text.words import (
     LETTERS_PASS_THROUGH,
     PATTERNS,
     SPECIALS,
+    TOKEN_MATCH_PATTERN_SET,
+    prefix_len,
     run_tokens,
     special_pass,
     split_words,
+    suffix_len,
 )
 
 _WS_LIMIT = 0x3001  # every str.isspace() code point is below this
@@ -54,9 +57,26 @@ _WORD = re.compile(r"\w+")
 _SEP = "\x00"
 # ASCII letters are one token or their special case (words.LETTERS_PASS_THROUGH), and no
 # special-case pattern is made of letter tokens only: then the final pass changes nothing.
-_LETTER_WORDS_PLAIN = LETTERS_PASS_THROUGH and not any(
-    all(t.isascii() and t.isalpha() for t in p) for p in PATTERNS
+_LETTER_WORDS_PLAIN = (
+    LETTERS_PASS_THROUGH
+    and not TOKEN_MATCH_PATTERN_SET
+    and not any(all(t.isascii() and t.isalpha() for t in p) for p in PATTERNS)
 )
+
+
+def _letters_then_one(s: str) -> list[str] | None:
+    """spaCy's affix loop for ASCII letters + one other character, when it strips that
+    character as a suffix and nothing as a prefix (else None: take the general path).
+
+    The same steps as words._split_affixes, with the same regexes: the last character is
+    the suffix; then the letters are a special case (stop) or one token (no affix matches
+    ASCII letters)."""
+    if prefix_len(s) or suffix_len(s) != 1:
+        return None
+    word = s[:-1]
+    return [*SPECIALS.get(word, (word,)), s[-1]]
+
+
 # _scan hands out the markers as ids 7 (xxup) and 8 (xxmaj), the local table's fixed ids;
 # they must stay plain special cases for the lowercase lookup to be exact.
 assert SPECIAL_TOKENS[7:9] == ["xxup", "xxmaj"]
@@ -470,6 +490,14 @@ class Tokenizer:
             ids = self._ids_of(word)
             wid = self._words.setdefault(low, len(self._words))
             return ids, ids, False, *self._link_ids(word), wid, wid, False
+        if _LETTER_WORDS_PLAIN and low[:-1].isalpha() and low not in SPECIALS:
+            pre = _letters_then_one(low)
+            if pre is not None:  # ASCII letters + one non-letter (about 25% of new runs)
+                toks = special_pass(pre)
+                ids = self._ids_of(toks)
+                pre_ids = ids if toks is pre else self._ids_of(pre)
+                wid = self._word_id(low)
+                return ids, pre_ids, False, *self._link_ids(pre), wid, wid, False
         toks, pre, first, last = self._split(low)
         wid = self._word_id(low)  # lowercase: more replace_wrep candidates, never fewer
         ids = self._ids_of(toks)

@@ -171,6 +171,7 @@ def _suffix_window(pattern: str | None, flags: int) -> int | None:
 
 
 LETTERS_PASS_THROUGH = _letters_pass_through()
+TOKEN_MATCH_PATTERN_SET = _tables.TOKEN_MATCH_PATTERN is not None
 _PREFIX_FIND = (
     _PREFIX.match if _anchored_at_start(_tables.PREFIX_PATTERN, _tables.PREFIX_FLAGS)
     else (_PREFIX.search if _PREFIX is not None else None)
@@ -197,6 +198,10 @@ def _suffix_len(s: str) -> int:
     else:
         m = _SUFFIX.search(s)
     return m.end() - m.start() if m is not None else 0
+
+
+prefix_len = _prefix_len  # public names for the tokenizer's shortcuts
+suffix_len = _suffix_len
 
 
 def _token_match(s: str) -> bool:
