@@ -1,0 +1,175 @@
+"""The IMDB-sample recipe with the ``cpu`` preset: fastulm vs fastai 2.8.12, same run.
+
+Both sides get the same data (the sample's 800 training / 200 validation reviews, the same
+vocab), the same AWD-LSTM sizes (emb 64, hidden 256, 3 layers), dropouts, batch shapes and
+stage-by-stage schedule: LM one frozen epoch at 1e-2 then four unfrozen at 3e-3 (validated
+on the 200 held-out reviews), then the classifier's gradual unfreezing from 2e-2. Timed: the
+fitting of both stages (data preparation and tokenization excluded on both sides). Reported:
+wall time of each stage and final validation accuracy of the LM and the classifier.
+
+    python -m pytest benchmarks/test_train_bench.py -s -p no:cacheprovider
+
+``FASTULM_BENCH_THREADS`` (default 1) sets torch's CPU threads for both sides; on a shared
+2-core machine OpenMP threads waiting on each other dominate tiny LSTMs otherwise.
+"""
+
+import os
+import time
+
+import pytest
+import torch
+
+from fastulm.tokenize import main as tokenize_main
+from fastulm.train.presets import get_preset
+
+THREADS = int(os.environ.get("FASTULM_BENCH_THREADS", "1"))
+P = get_preset("cpu")
+
+
+@pytest.fixture(scope="module")
+def sample_corpus(imdb_sample, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "corpus"
+    argv = [str(imdb_sample / "texts.csv"), str(out), "--workers", "1", "--quiet"]
+    assert tokenize_main(argv) == 0
+    return out
+
+
+def _fastulm(corpus_path, run_dir):
+    import fastulm
+
+    corpus = fastulm.open_corpus(corpus_path)
+    kw = dict(P.model_kw(), path=run_dir, show_progress=False, moms=P.moms, wd=P.wd, seed=0)
+    lm = fastulm.language_model_learner(
+        corpus, drop_mult=P.lm.drop_mult, bs=P.lm.bs, bptt=P.lm.bptt, valid_split="valid", **kw
+    )
+    t0 = time.perf_counter()
+    for st in P.lm.stages:
+        lm.freeze_to(st.freeze_to)
+        lm.fit_one_cycle(st.epochs, st.lr_arg())
+    lm.save_encoder("enc")
+    t_lm = time.perf_counter() - t0
+    clas = fastulm.text_classifier_learner(
+        corpus,
+        drop_mult=P.clas.drop_mult,
+        bs=P.clas.bs,
+        bptt=P.clas.bptt,
+        max_len=P.clas.max_len,
+        **kw,
+    )
+    clas.load_encoder("enc")
+    t0 = time.perf_counter()
+    for st in P.clas.stages:
+        clas.freeze_to(st.freeze_to)
+        clas.fit_one_cycle(st.epochs, st.lr_arg())
+    t_clas = time.perf_counter() - t0
+    return dict(
+        lm_time=t_lm,
+        clas_time=t_clas,
+        lm_acc=lm.history["epochs"][-1]["accuracy"],
+        clas_acc=clas.history["epochs"][-1]["accuracy"],
+    )
+
+
+def _fastai(ft, imdb_sample, itos, run_dir):
+    import pandas as pd
+
+    torch.manual_seed(0)
+    df = pd.read_csv(imdb_sample / "texts.csv")
+    sizes = P.model_kw()
+    dls_lm = ft.TextDataLoaders.from_df(
+        df,
+        path=run_dir,
+        text_col="text",
+        label_col="label",
+        valid_col="is_valid",
+        is_lm=True,
+        bs=P.lm.bs,
+        seq_len=P.lm.bptt,
+        text_vocab=itos,
+    )
+    lm = ft.language_model_learner(
+        dls_lm,
+        ft.AWD_LSTM,
+        config={**ft.awd_lstm_lm_config, **sizes},
+        drop_mult=P.lm.drop_mult,
+        pretrained=False,
+        metrics=[ft.accuracy],
+        wd=P.wd,
+    )
+    t0 = time.perf_counter()
+    with lm.no_bar():
+        for st in P.lm.stages:
+            lm.freeze_to(st.freeze_to)
+            lm.fit_one_cycle(st.epochs, st.lr_arg(), moms=P.moms)
+    lm.save_encoder("enc")
+    t_lm = time.perf_counter() - t0
+    lm_acc = float(lm.recorder.values[-1][2])
+    dls = ft.TextDataLoaders.from_df(
+        df,
+        path=run_dir,
+        text_col="text",
+        label_col="label",
+        valid_col="is_valid",
+        text_vocab=dls_lm.vocab,
+        bs=P.clas.bs,
+        seq_len=P.clas.bptt,
+    )
+    clas = ft.text_classifier_learner(
+        dls,
+        ft.AWD_LSTM,
+        config={**ft.awd_lstm_clas_config, **sizes},
+        drop_mult=P.clas.drop_mult,
+        pretrained=False,
+        metrics=[ft.accuracy],
+        wd=P.wd,
+        seq_len=P.clas.bptt,
+        max_len=P.clas.max_len,
+    )
+    clas.load_encoder("enc")
+    t0 = time.perf_counter()
+    with clas.no_bar():
+        for st in P.clas.stages:
+            clas.freeze_to(st.freeze_to)
+            clas.fit_one_cycle(st.epochs, st.lr_arg(), moms=P.moms)
+    t_clas = time.perf_counter() - t0
+    return dict(
+        lm_time=t_lm,
+        clas_time=t_clas,
+        lm_acc=lm_acc,
+        clas_acc=float(clas.recorder.values[-1][2]),
+    )
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+def test_sample_recipe_cpu_preset(benchmark, fastai_text, imdb_sample, sample_corpus, tmp_path):
+    from fastulm.data.corpus import open_corpus
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        itos = open_corpus(sample_corpus).vocab.itos
+        ref = _fastai(fastai_text, imdb_sample, itos, tmp_path / "fastai")
+        ours = benchmark.pedantic(
+            _fastulm, args=(sample_corpus, tmp_path / "fastulm"), rounds=1, iterations=1
+        )
+    finally:
+        torch.set_num_threads(before)
+    benchmark.extra_info.update({f"fastai_{k}": v for k, v in ref.items()})
+    benchmark.extra_info.update({f"fastulm_{k}": v for k, v in ours.items()})
+    rows = [
+        "| side | LM fit (s) | classifier fit (s) | total (s) | LM valid acc | classifier valid acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in (("fastai 2.8.12", ref), ("fastulm", ours)):
+        total = r["lm_time"] + r["clas_time"]
+        rows.append(
+            f"| {name} | {r['lm_time']:.1f} | {r['clas_time']:.1f} | {total:.1f} | "
+            f"{r['lm_acc']:.4f} | {r['clas_acc']:.4f} |"
+        )
+    speedup = (ref["lm_time"] + ref["clas_time"]) / (ours["lm_time"] + ours["clas_time"])
+    print(
+        "\n" + "\n".join(rows) + f"\n\nspeed-up (total fit time): {speedup:.2f}x, threads {THREADS}"
+    )
+    # sanity only (the figures are the result): both sides learned something
+    assert ours["clas_acc"] > 0.55 and ref["clas_acc"] > 0.55
