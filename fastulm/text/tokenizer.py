@@ -179,10 +179,12 @@ def _probe(arr, s, e, h, lower, slots, ent_hash, key_start, key_pool, key_low):
 
 
 @njit(cache=True)
-def _scan(arr, ws, slots, ent_hash, key_start, key_pool, key_low):
+def _scan(arr, ws, slots, ent_hash, key_start, key_pool, key_low, n_ent):
     """Cut the text into runs and look each up.
 
-    Returns per run: start, end, kind, entry (-1 when not cached yet) and marker. Kinds:
+    A run not in the table is added at once (its key only: the caller fills in its values)
+    as entry n_ent, n_ent+1, ...: the table must have room for one entry per run.
+    Returns per run: start, end, kind, entry and marker, then the new entries' runs. Kinds:
     0 text, 1 whitespace, 2 document end (a U+0000 or the end), 3 text looked up in
     lowercase. A run of ASCII without `/#\\` and without a character repeated 3 times is
     untouched by fastai's rules but for replace_all_caps / replace_maj and lowercase: it is
@@ -195,6 +197,8 @@ def _scan(arr, ws, slots, ent_hash, key_start, key_pool, key_low):
     r_kind = np.empty(cap, np.int8)
     r_ent = np.empty(cap, np.int32)
     r_mark = np.zeros(cap, np.int8)
+    new_runs = np.empty(cap, np.int64)
+    n_new = 0
     m = 0
     i = 0
     while i <= n:
@@ -257,13 +261,42 @@ def _scan(arr, ws, slots, ent_hash, key_start, key_pool, key_low):
                     key_pool,
                     key_low,
                 )
+        if k < 0:  # new: add the key (lowercased for kind 3) as entry n_ent
+            low = kind == 3
+            ks = key_start[n_ent]
+            h = np.uint64(14695981039346656037)
+            for t in range(i, j):
+                c = arr[t]
+                if low and 65 <= c <= 90:
+                    c += 32
+                key_pool[ks + t - i] = c
+                h = (h ^ np.uint64(c)) * np.uint64(1099511628211)
+            key_start[n_ent + 1] = ks + j - i
+            ent_hash[n_ent] = h
+            key_low[n_ent] = low
+            slots[-k - 1] = n_ent
+            k = n_ent
+            n_ent += 1
+            new_runs[n_new] = m
+            n_new += 1
         r_start[m] = i
         r_end[m] = j
         r_kind[m] = kind
-        r_ent[m] = k if k >= 0 else -1
+        r_ent[m] = k
         m += 1
         i = j
-    return r_start[:m], r_end[:m], r_kind[:m], r_ent[:m], r_mark[:m]
+    return r_start[:m], r_end[:m], r_kind[:m], r_ent[:m], r_mark[:m], new_runs[:n_new]
+
+
+@njit(cache=True)
+def _count_runs(arr, ws):
+    """Runs in the text (an upper bound on the entries one _scan can add)."""
+    n = len(arr)
+    count = 1
+    for i in range(1, n):
+        if arr[i] == 0 or arr[i - 1] == 0 or _is_ws(arr[i], ws) != _is_ws(arr[i - 1], ws):
+            count += 1
+    return count
 
 
 @njit(cache=True)
@@ -406,7 +439,13 @@ class Tokenizer:
         self._lsets: dict[frozenset, int] = {frozenset(): 0}
         self._rsets: dict[frozenset, int] = {frozenset(): 0}
         self._compat = np.zeros((1, 1), np.bool_)
-        self._add_runs([(1, " ")])  # entry 0, which _scan uses for single spaces without a lookup
+        # entry 0 is the single space, which _scan uses without a lookup
+        self._reserve(1, 1)
+        space = np.array([32], np.uint32)
+        tables = (self._slots, self._ent_hash, self._key_start, self._key_pool, self._key_low)
+        _insert(space, np.array([0, 1], np.int64), np.zeros(1, np.bool_), *tables, 0)
+        self._n = 1
+        self._fill(0, [(1, " ")])
 
     # -- storage
 
@@ -532,21 +571,22 @@ class Tokenizer:
             ids.append([self._token_id(replace_space(t)) for t in toks])
         return ids[0], ids[1], False, 0, 0, -1, -1, False
 
-    def _add_runs(self, runs: list[tuple[int, str]]) -> None:
-        """Process new runs, given as (kind, key) with _scan's kinds, and add them."""
-        first = self._n
-        need = first + len(runs)
+    def _reserve(self, n_new: int, n_chars: int) -> None:
+        """Room for n_new more entries with n_chars more key characters."""
+        need = self._n + n_new
         if need > len(self._ent_hash):
             self._grow_entries(max(need, 2 * len(self._ent_hash)))
         if 2 * need > len(self._slots):
             size = len(self._slots)
             while 2 * need > size:
                 size *= 2
-            self._slots = _rehash(first, size, self._ent_hash)
-        keys = "".join(key for _, key in runs)
-        n_keys = self._key_start[first] + len(keys)
+            self._slots = _rehash(self._n, size, self._ent_hash)
+        n_keys = self._key_start[self._n] + n_chars
         if n_keys > len(self._key_pool):
             self._key_pool = np.resize(self._key_pool, max(n_keys, 2 * len(self._key_pool)))
+
+    def _fill(self, first: int, runs: list[tuple[int, str]]) -> None:
+        """Values of the new entries first, first+1, ... from their (kind, key)."""
         todo = {1: self._space_run, 0: self._text_run, 3: self._lower_run}
         vals = [todo[kind](key) for kind, key in runs]
         flat: list[int] = []
@@ -562,22 +602,13 @@ class Tokenizer:
         self._tok_pool[self._n_tok : end] = flat
         lens = np.array(lens, np.int64).reshape(-1, 2)
         starts = np.cumsum(lens.ravel()).reshape(-1, 2) - lens + self._n_tok
-        sl = slice(first, need)
+        sl = slice(first, first + len(runs))
         self._val_start[sl] = starts
         self._val_len[sl] = lens
         self._n_tok = end
-        cols = list(zip(*(v[2:] for v in vals)))
-        for name, col in zip(
-            ("_lead", "_link_first", "_link_last", "_wfirst", "_wlast", "_wdup"), cols
-        ):
-            getattr(self, name)[sl] = col
-        offsets = np.zeros(len(runs) + 1, np.int64)
-        np.cumsum([len(key) for _, key in runs], out=offsets[1:])
-        codes = np.frombuffer(keys.encode("utf-32-le"), np.uint32)
-        lows = np.array([kind == 3 for kind, _ in runs], np.bool_)
-        tables = (self._slots, self._ent_hash, self._key_start, self._key_pool, self._key_low)
-        _insert(codes, offsets, lows, *tables, first)
-        self._n = need
+        names = ("_lead", "_link_first", "_link_last", "_wfirst", "_wlast", "_wdup")
+        for k, name in enumerate(names, 2):
+            getattr(self, name)[sl] = [v[k] for v in vals]
 
     # -- documents
 
@@ -623,22 +654,17 @@ class Tokenizer:
         """Ids and offsets of HTML-fixed texts, and the documents that need the slow path."""
         joined = _SEP.join(fixed)
         arr = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
+        self._reserve(_count_runs(arr, _WS), len(arr))
         tables = (self._slots, self._ent_hash, self._key_start, self._key_pool, self._key_low)
-        r_start, r_end, r_kind, r_ent, r_mark = _scan(arr, _WS, *tables)
-        miss = np.flatnonzero((r_ent < 0) & (r_kind != 2))
-        if len(miss):
-            new: dict[tuple[int, str], int] = {}
-            keys = [
+        first = self._n
+        r_start, r_end, r_kind, r_ent, r_mark, new = _scan(arr, _WS, *tables, first)
+        if len(new):
+            runs = [
                 (k, joined[s:e].lower() if k == 3 else joined[s:e])
-                for k, s, e in zip(
-                    r_kind[miss].tolist(), r_start[miss].tolist(), r_end[miss].tolist()
-                )
+                for k, s, e in zip(r_kind[new].tolist(), r_start[new].tolist(), r_end[new].tolist())
             ]
-            for key in keys:
-                new.setdefault(key, len(new))
-            first = self._n
-            self._add_runs(list(new))
-            r_ent[miss] = [first + new[key] for key in keys]
+            self._n = first + len(runs)
+            self._fill(first, runs)
         ids, offsets, flags = _assemble(
             r_kind, r_ent, r_mark, self._val_start, self._val_len, self._lead, self._link_first,
             self._link_last, self._compat, self._wfirst, self._wlast, self._wdup, self._tok_pool,
