@@ -249,7 +249,9 @@ class Collector:
         self.non_utf8.extend(records[j][2] for j in bad)
 
     def canonical(self) -> Canonical:
-        """Documents sorted by split, then by name (files) or row (tables)."""
+        """Documents sorted by split, then by name (files) or row (tables).
+
+        Consumes the collected chunks: they are moved into one flat array."""
         rank = {s: i for i, s in enumerate(self.splits)}
         for s in set(self.doc_splits) - set(rank):
             raise DataError(f"unexpected split {s!r}")
@@ -522,6 +524,8 @@ def tokenize_shard(
         collector = collect(
             source, workers, num_shards, shard_index, progress, tokenizer_factory, check
         )
+        if collector.n_docs == 0:
+            raise DataError(f"{source.path}: shard {shard_index} of {num_shards} has no documents")
         if check is not None:
             check()
         return _write_part(collector, target, num_shards, shard_index)
