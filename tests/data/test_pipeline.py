@@ -80,7 +80,7 @@ def test_shards_then_merge_equal_single_run(tiny_imdb, tmp_path):
 
 
 def test_empty_shard_is_an_error(tiny_imdb, tmp_path):
-    root, expected = tiny_imdb
+    root, _ = tiny_imdb
     with pytest.raises(DataError, match=r"shard 40 of 41 has no documents"):
         tokenize_shard(root, tmp_path / "p", 41, 40, workers=1, progress=False)
     assert not (tmp_path / "p").exists()
