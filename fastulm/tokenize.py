@@ -28,8 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="SRC OUT, or PART... OUT with --merge")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument("--max-vocab", type=int, default=60000)
-    p.add_argument("--min-freq", type=int, default=2)
+    p.add_argument("--max-vocab", type=int, default=60000, help="0 = no limit (default 60000)")
+    p.add_argument("--min-freq", type=int, default=2, help="fewer occurrences -> xxunk (default 2)")
     p.add_argument(
         "--vocab-from",
         default=None,
