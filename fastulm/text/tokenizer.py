@@ -507,10 +507,10 @@ class Tokenizer:
 
     # -- one run, the slow way
 
-    def _split(self, core: str) -> tuple[list[str], list, int, int]:
+    def _split(self, core: str, cached: bool = True) -> tuple[list[str], list, int, int]:
         """Tokens of a rule-processed run (single spaces only), the same before the final
         special-case pass with None between spaCy runs, and the run's link masks."""
-        cache = self._split_cache
+        cache = self._split_cache if cached else None
         subs = core.split(" ")
         if len(subs) == 1:
             pre = run_tokens(core, cache)
@@ -537,7 +537,7 @@ class Tokenizer:
                 pre_ids = ids if toks is pre else self._ids_of(pre)
                 wid = self._word_id(low)
                 return ids, pre_ids, False, *self._link_ids(pre), wid, wid, False
-        toks, pre, first, last = self._split(low)
+        toks, pre, first, last = self._split(low, cached=False)  # the run table caches it
         wid = self._word_id(low)  # lowercase: more replace_wrep candidates, never fewer
         ids = self._ids_of(toks)
         pre_ids = ids if pre is toks else self._ids_of(pre)
