@@ -194,3 +194,50 @@ def test_classifier_fit(tmp_path):
     assert "perplexity" not in rows[-1] and 0 <= rows[-1]["accuracy"] <= 1
     # frozen embedding did not move
     assert learn.model.body.encoder.weight.grad is None
+
+
+def test_precision_modes():
+    from fastulm.train.learner import Precision
+
+    cpu = torch.device("cpu")
+    assert Precision("auto", cpu).mode == "fp32" and Precision("auto", cpu).scaler is None
+    assert Precision("bf16", cpu).dtype == torch.bfloat16
+    assert Precision("fp16", cpu).scaler is not None
+    with pytest.raises(ValueError, match="mixed precision"):
+        Precision("int8", cpu)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    learn = lm_learner(tmp_path, mixed_precision="bf16")
+    rows = learn.fit_one_cycle(1, 1e-2)
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+    assert rows[0]["valid_loss"] < 3.3
+
+
+def test_fp16_scaler_skips_an_overflowing_step(tmp_path):
+    learn = lm_learner(tmp_path, mixed_precision="fp16", drop=False)
+    # oneDNN has no fp16 LSTM on the CPU: keep the scaler, run the maths in fp32
+    learn.precision.dtype = None
+    real_loss = learn.model.loss
+    calls = []
+
+    def loss_with_one_overflow(x, y):
+        out = real_loss(x, y)
+        calls.append(1)
+        if len(calls) == 3 and learn.model.training:
+            out.loss = out.loss * float("inf")
+        return out
+
+    learn.model.loss = loss_with_one_overflow
+    rows = learn.fit_one_cycle(1, 1e-2)
+    assert rows[0]["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda(tmp_path, mode):
+    learn = lm_learner(tmp_path, mixed_precision=mode, device="cuda")
+    rows = learn.fit_one_cycle(2, 1e-2)
+    assert rows[-1]["valid_loss"] < rows[0]["valid_loss"] + 0.05
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
