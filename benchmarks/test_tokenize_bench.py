@@ -19,10 +19,10 @@ shared between forked workers once, and the largest single process's RSS.
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -85,33 +85,37 @@ def _kb(path: str, field: str) -> int:
 
 
 def measure(cmd: list[str]) -> dict:
-    """Wall time and peak memory of a command and all its children."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = {"pss": 0, "rss": 0}
+    """Wall time, CPU time and peak memory of a command and all its children."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        peak = {"pss": 0, "rss": 0}
 
-    def sample():
-        while proc.poll() is None:
-            pids = _tree(proc.pid)
-            pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
-            rss = max(_kb(f"/proc/{p}/status", "VmRSS:") for p in pids)
-            peak["pss"], peak["rss"] = max(peak["pss"], pss), max(peak["rss"], rss)
-            time.sleep(0.1)
+        def sample():
+            while proc.returncode is None:
+                pids = _tree(proc.pid)
+                pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
+                rss = max(_kb(f"/proc/{p}/status", "VmRSS:") for p in pids)
+                peak["pss"], peak["rss"] = max(peak["pss"], pss), max(peak["rss"], rss)
+                time.sleep(0.1)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    sampler.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    assert proc.returncode == 0, err[-3000:]
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        # wait4: this command's own CPU time and largest process (it waits for its workers)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        sampler.join()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert proc.returncode == 0, stderr[-3000:]
     return {
         "wall_s": wall,
-        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_tree_pss_mb": peak["pss"] / 1024,
-        "peak_process_rss_mb": max(peak["rss"], after.ru_maxrss) / 1024,
-        "stdout": out,
+        "peak_process_rss_mb": max(peak["rss"], usage.ru_maxrss) / 1024,
+        "stdout": stdout,
     }
 
 
