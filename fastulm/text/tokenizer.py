@@ -53,6 +53,8 @@ from fastulm.text.words import (
 
 _WS_LIMIT = 0x3001  # every str.isspace() code point is below this
 _WS = np.array([chr(i).isspace() for i in range(_WS_LIMIT)], dtype=np.bool_)
+_WS_ALL = np.zeros(0x110000, np.bool_)  # every code point, for counting runs with numpy
+_WS_ALL[:_WS_LIMIT] = _WS
 _WORD = re.compile(r"\w+")
 _SEP = "\x00"
 # ASCII letters are one token or their special case (words.LETTERS_PASS_THROUGH), and no
@@ -289,17 +291,6 @@ def _scan(arr, ws, slots, ent_hash, key_start, key_pool, key_low, n_ent):
 
 
 @njit(cache=True)
-def _count_runs(arr, ws):
-    """Runs in the text (an upper bound on the entries one _scan can add)."""
-    n = len(arr)
-    count = 1
-    for i in range(1, n):
-        if arr[i] == 0 or arr[i - 1] == 0 or _is_ws(arr[i], ws) != _is_ws(arr[i - 1], ws):
-            count += 1
-    return count
-
-
-@njit(cache=True)
 def _insert(keys, offsets, lows, slots, ent_hash, key_start, key_pool, key_low, first):
     """Add keys[offsets[i]:offsets[i+1]] as entries first, first+1, ... (capacity is ready).
 
@@ -406,6 +397,54 @@ def _assemble(
             prev = e
             pend = -1
     return out[:o], offsets, flags
+
+
+@njit(cache=True)
+def _pre_tokens(r_kind, r_ent, r_mark, lo, hi, val_start, val_len, lead, tok_pool, bos):
+    """One document's ids before the final special-case pass, and the spaCy-level run each
+    token belongs to (the input of words.special_pass); runs lo..hi-1 as _assemble."""
+    total = 1
+    for r in range(lo, hi):
+        e = r_ent[r]
+        total += 1 + max(val_len[e, 0], val_len[e, 1])
+    ids = np.empty(total, np.int32)
+    owner = np.empty(total, np.int32)
+    ids[0] = bos
+    owner[0] = -1
+    o = 1
+    k = 0
+    prev = -1
+    pend = -1
+    for r in range(lo, hi):
+        e = r_ent[r]
+        if r_kind[r] == 1:
+            pend = e if prev >= 0 else -1
+            continue
+        if prev >= 0:
+            v = 1 if lead[e] else 0
+            s = val_start[pend, v]
+            for t in range(val_len[pend, v]):
+                k += 1
+                ids[o] = tok_pool[s + t]
+                owner[o] = k
+                o += 1
+        k += 1
+        if r_mark[r]:
+            ids[o] = r_mark[r]
+            owner[o] = k
+            o += 1
+            k += 1
+        s = val_start[e, 1]
+        for t in range(val_len[e, 1]):
+            i = tok_pool[s + t]
+            if i == -2:
+                k += 1
+            else:
+                ids[o] = i
+                owner[o] = k
+                o += 1
+        prev = e
+    return ids[:o], owner[:o]
 
 
 # ---------------------------------------------------------------------------- the tokenizer
@@ -617,44 +656,24 @@ class Tokenizer:
         toks = split_words(apply_rules(text), self._split_cache)
         return np.array([self._token_id(replace_space(t)) for t in toks], dtype=np.int32)
 
-    def _relink(self, ents: list[tuple[int, int, int]]) -> np.ndarray:
-        """Ids of one document from its runs' entries, with the document-wide special-case
+    def _relink(self, r_kind, r_ent, r_mark, lo: int, hi: int) -> np.ndarray:
+        """Ids of the document made of runs lo..hi-1, with the document-wide special-case
         pass (for a document where two runs may share a multi-token special case)."""
-        toks, owner = [BOS], [-1]
-        pool, val_start, val_len = self._tok_pool, self._val_start, self._val_len
-        k = 0
-        prev = pend = -1
-        for kind, e, mark in ents:
-            if kind == 1:
-                pend = e if prev >= 0 else -1
-                continue
-            if prev >= 0:
-                v = int(self._lead[e])
-                s = val_start[pend, v]
-                for i in pool[s : s + val_len[pend, v]].tolist():
-                    k += 1
-                    toks.append(self.tokens[i])
-                    owner.append(k)
-            k += 1
-            if mark:
-                toks.append(self.tokens[mark])
-                owner.append(k)
-                k += 1
-            s = val_start[e, 1]
-            for i in pool[s : s + val_len[e, 1]].tolist():
-                if i == -2:
-                    k += 1
-                else:
-                    toks.append(self.tokens[i])
-                    owner.append(k)
-            prev = e
-        return np.array([self._token_id(t) for t in special_pass(toks, owner)], np.int32)
+        ids, owner = _pre_tokens(
+            r_kind, r_ent, r_mark, lo, hi, self._val_start, self._val_len, self._lead,
+            self._tok_pool, self._ids[BOS],
+        )  # fmt: skip
+        toks = self.tokens
+        out = special_pass([toks[i] for i in ids.tolist()], owner.tolist())
+        return np.array([self._token_id(t) for t in out], np.int32)
 
     def _encode_fixed(self, fixed: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Ids and offsets of HTML-fixed texts, and the documents that need the slow path."""
         joined = _SEP.join(fixed)
         arr = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
-        self._reserve(_count_runs(arr, _WS), len(arr))
+        ws = _WS_ALL[arr]
+        n_runs = np.count_nonzero(ws[1:] != ws[:-1]) + 2 * len(fixed) + 1  # separators too
+        self._reserve(n_runs, len(arr))
         tables = (self._slots, self._ent_hash, self._key_start, self._key_pool, self._key_low)
         first = self._n
         r_start, r_end, r_kind, r_ent, r_mark, new = _scan(arr, _WS, *tables, first)
@@ -683,9 +702,7 @@ class Tokenizer:
             ends = np.flatnonzero(r_kind == 2)
             for d in redo:
                 lo = ends[d - 1] + 1 if d else 0
-                sl = slice(lo, ends[d])
-                ents = list(zip(r_kind[sl].tolist(), r_ent[sl].tolist(), r_mark[sl].tolist()))
-                redo[d] = self._relink(ents)
+                redo[d] = self._relink(r_kind, r_ent, r_mark, lo, ends[d])
             pieces = [ids[offsets[i] : offsets[i + 1]] for i in range(len(fixed))]
             for d, new_ids in redo.items():
                 pieces[d] = new_ids
