@@ -370,16 +370,15 @@ def finish(
 
 
 def _batches(
-    records: Iterable[RawRecord], meta: dict[int, list], from_file: bool, seen: list[int]
+    records: Iterable[RawRecord], meta: dict[int, list], from_file: bool, seen: dict
 ) -> Iterator[tuple[int, list, bool]]:
-    """Batches of about 512 KB; ``seen`` gets the number of documents once all are read."""
-    n = 0
+    """Batches of about 512 KB; ``seen`` counts documents read and says when all are."""
     items: list = []
     recs: list = []
     size = 0
     index = 0
     for data, label, split, doc_id in records:
-        n += 1
+        seen["read"] += 1
         items.append(data)
         recs.append((label, split, doc_id))
         size += len(data) if not isinstance(data, Path) else 2048
@@ -387,7 +386,7 @@ def _batches(
             meta[index] = recs
             yield index, items, from_file
             index, items, recs, size = index + 1, [], [], 0
-    seen.append(n)
+    seen["all"] = True
     if items:
         meta[index] = recs
         yield index, items, from_file
@@ -422,7 +421,7 @@ def collect(
     )
     meta: dict[int, list] = {}
     from_file = source.sort_by == "id"
-    seen: list[int] = []  # an archive's size is known once it has been read
+    seen = {"read": 0, "all": False}  # an archive's size is known once it has been read
     tasks = _batches(source.raw_records(num_shards, shard_index), meta, from_file, seen)
     total = None if source.n_docs is None else len(range(shard_index, source.n_docs, num_shards))
     pool = None
@@ -451,9 +450,11 @@ def collect(
             bar.update(len(lengths))
             if check is not None:
                 check()
-            if bar.total is None and seen:
-                bar.total = seen[0]
-                bar.refresh()
+            if total is None:  # estimate from how much of the input has been read
+                fraction = source.read_fraction() if source.read_fraction else 0.0
+                if seen["all"] or fraction > 0:
+                    bar.total = seen["read"] if seen["all"] else round(seen["read"] / fraction)
+                    bar.refresh()
         if pool is not None:
             pool.close()
             pool.join()

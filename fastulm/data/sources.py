@@ -13,7 +13,7 @@ import bz2
 import lzma
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -92,6 +92,8 @@ class Source:
     sort_by: str
     n_docs: int | None = None
     _reader: object = field(default=None, repr=False)
+    #: for sources of unknown size: how much of the input has been read (0..1), for an ETA
+    read_fraction: Callable[[], float] | None = field(default=None, repr=False)
 
     def raw_records(self, num_shards: int = 1, shard_index: int = 0) -> Iterator[RawRecord]:
         """Records in the source's natural order; with shards, those whose ordinal % K == i."""
@@ -206,11 +208,21 @@ def _archive_format(path: Path) -> str | None:
     return None
 
 
-def _chunks(path: Path, fmt: str, size: int = 1 << 20) -> Iterator[bytes]:
-    """Decompressed bytes of the archive, in chunks; concatenated members are followed."""
+def _chunks(
+    path: Path, fmt: str, size: int = 1 << 20, read: list[int] | None = None
+) -> Iterator[bytes]:
+    """Decompressed bytes of the archive, in chunks; concatenated members are followed.
+    ``read[0]`` follows how many bytes of the file have been read (for progress)."""
+    read = [0] if read is None else read
     with open(path, "rb") as f:
+
+        def take() -> bytes:
+            data = f.read(size)
+            read[0] += len(data)
+            return data
+
         if fmt == "tar":
-            yield from iter(lambda: f.read(size), b"")
+            yield from iter(take, b"")
             return
         new = {
             "gz": lambda: zlib.decompressobj(31),
@@ -218,7 +230,7 @@ def _chunks(path: Path, fmt: str, size: int = 1 << 20) -> Iterator[bytes]:
             "xz": lzma.LZMADecompressor,
         }[fmt]
         dec = None
-        for chunk in iter(lambda: f.read(size), b""):
+        for chunk in iter(take, b""):
             while chunk:
                 if dec is None:
                     dec = new()
@@ -277,7 +289,7 @@ def _pax(data: bytes) -> dict[str, str]:
     return out
 
 
-def iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
+def iter_tar(path: Path, read: list[int] | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of each regular file in a tar archive, streamed without extracting.
 
     A small reader of the ustar/GNU/pax formats: Python's tarfile spends ~30 us per member
@@ -285,7 +297,7 @@ def iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
     Links, devices and folders are skipped, never followed.
     """
     fmt = _archive_format(path)
-    stream = _Stream(_chunks(path, fmt))
+    stream = _Stream(_chunks(path, fmt, read=read))
     long_name: str | None = None
     pax: dict[str, str] = {}
     while True:
@@ -361,10 +373,13 @@ def _open_archive(path: Path) -> Source:
     if not _is_tar_header(first):
         raise DataError(f"{path}: not a tar archive")
 
+    size = max(1, path.stat().st_size)
+    read = [0]
+
     def reader() -> Iterator[RawRecord]:
         found = False
         try:
-            for name, data in iter_tar(path):
+            for name, data in iter_tar(path, read):
                 key = archive_review_key(name)
                 if key is not None:
                     found = True
@@ -377,7 +392,9 @@ def _open_archive(path: Path) -> Source:
                 "aclImdb/train/{neg,pos}/*.txt ...)"
             )
 
-    return Source(str(path), "imdb-archive", IMDB_SPLITS, list(IMDB_LABELS), "id", None, reader)
+    source = Source(str(path), "imdb-archive", IMDB_SPLITS, list(IMDB_LABELS), "id", None, reader)
+    source.read_fraction = lambda: read[0] / size
+    return source
 
 
 # ---------------------------------------------------------------- tables
