@@ -104,6 +104,9 @@ class OutputDir:
                 raise DataError(f"{self.path}: exists and is not empty (use --force to replace)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        self.tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
 
     def commit(self) -> Path:
         old = None
