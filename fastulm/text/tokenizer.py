@@ -334,13 +334,16 @@ def _assemble(
     wfirst,
     wlast,
     wdup,
+    wstem,
+    wmulti,
     tok_pool,
     n_docs,
     bos,
 ):
     """Token ids of every document (BOS first), its offsets, and a flag per document.
 
-    Flags: 1 = a special case may span two runs, 2 = a word may repeat (replace_wrep).
+    Flags: 1 = a special case may span two runs, 2 = a word may repeat (replace_wrep:
+    the same word twice in a row, then a word starting with it).
     Entries hold two values: [0] as is, [1] for whitespace followed by a rule-made space.
     """
     total = n_docs + len(r_kind)
@@ -355,6 +358,7 @@ def _assemble(
     d = 0
     prev = -1  # entry of the previous text run in this document
     pend = -1  # whitespace entry waiting for the next text run
+    wait = -1  # a word just seen twice in a row (replace_wrep needs a third)
     out[o] = bos
     o += 1
     for r in range(len(r_kind)):
@@ -368,6 +372,7 @@ def _assemble(
                 o += 1
             prev = -1
             pend = -1
+            wait = -1
         elif kind == 1:
             if prev >= 0:
                 pend = e
@@ -383,8 +388,14 @@ def _assemble(
                 right = 0 if mark else link_first[e]
                 if n_ws == 0 and compat[link_last[prev], right]:
                     flags[d] |= 1
-                if wlast[prev] >= 0 and wlast[prev] == wfirst[e]:
+                if wait >= 0 and wstem[e] == wait:
                     flags[d] |= 2
+                wait = -1
+                if wlast[prev] >= 0 and wlast[prev] == wfirst[e]:
+                    if wmulti[e]:
+                        flags[d] |= 2
+                    else:
+                        wait = wfirst[e]
             if wdup[e]:
                 flags[d] |= 2
             if mark:
@@ -507,6 +518,8 @@ class Tokenizer:
         grow("_wfirst", cap, np.int32, -1)
         grow("_wlast", cap, np.int32, -1)
         grow("_wdup", cap, np.bool_)
+        grow("_wstem", cap, np.int32, -1)
+        grow("_wmulti", cap, np.bool_)
 
     def _token_id(self, tok: str) -> int:
         i = self._ids.get(tok)
@@ -535,6 +548,12 @@ class Tokenizer:
             ls, rs = list(self._lsets), list(self._rsets)
             self._compat = np.array([[bool(a & b) for b in rs] for a in ls], dtype=np.bool_)
         return rid, lid
+
+    def _stem_id(self, word: str) -> int:
+        """Id of the word characters a word starts with (what replace_wrep's third
+        repetition must be), -1 if none."""
+        m = _WORD.match(word)
+        return -1 if m is None else self._word_id(m.group())
 
     def _word_id(self, word: str) -> int:
         """Id of a replace_wrep candidate word, case folded: runs looked up lowercased only
@@ -567,7 +586,7 @@ class Tokenizer:
             word = SPECIALS.get(low, (low,))
             ids = self._ids_of(word)
             wid = self._words.setdefault(low, len(self._words))
-            return ids, ids, False, *self._link_ids(word), wid, wid, False
+            return ids, ids, False, *self._link_ids(word), wid, wid, False, wid, False
         if _LETTER_WORDS_PLAIN and low[:-1].isalpha() and low not in SPECIALS:
             pre = _letters_then_one(low)
             if pre is not None:  # ASCII letters + one non-letter (about 25% of new runs)
@@ -575,12 +594,14 @@ class Tokenizer:
                 ids = self._ids_of(toks)
                 pre_ids = ids if toks is pre else self._ids_of(pre)
                 wid = self._word_id(low)
-                return ids, pre_ids, False, *self._link_ids(pre), wid, wid, False
+                stem = wid if wid >= 0 else self._stem_id(low)
+                return ids, pre_ids, False, *self._link_ids(pre), wid, wid, False, stem, False
         toks, pre, first, last = self._split(low, cached=False)  # the run table caches it
         wid = self._word_id(low)  # lowercase: more replace_wrep candidates, never fewer
         ids = self._ids_of(toks)
         pre_ids = ids if pre is toks else self._ids_of(pre)
-        return ids, pre_ids, False, first, last, wid, wid, False
+        stem = wid if wid >= 0 else self._stem_id(low)
+        return ids, pre_ids, False, first, last, wid, wid, False, stem, False
 
     def _text_run(self, run: str) -> tuple:
         """Values of a whitespace-free run: ids, ids before the special-case pass, lead space,
@@ -598,7 +619,9 @@ class Tokenizer:
         wf = self._word_id(words[0])
         wl = wf if len(words) == 1 else self._word_id(words[-1])
         lead = text.startswith(" ")
-        return self._ids_of(toks), self._ids_of(pre), lead, first, last, wf, wl, wdup
+        stem = wf if wf >= 0 else self._stem_id(words[0])
+        multi = len(words) > 1
+        return self._ids_of(toks), self._ids_of(pre), lead, first, last, wf, wl, wdup, stem, multi
 
     def _space_run(self, run: str) -> tuple:
         """Values of a whitespace run between two text runs, without / with a space after."""
@@ -608,7 +631,7 @@ class Tokenizer:
         for text in (plain, spaced):
             toks = split_words(text, self._split_cache) if text else []
             ids.append([self._token_id(replace_space(t)) for t in toks])
-        return ids[0], ids[1], False, 0, 0, -1, -1, False
+        return ids[0], ids[1], False, 0, 0, -1, -1, False, -1, False
 
     def _reserve(self, n_new: int, n_chars: int) -> None:
         """Room for n_new more entries with n_chars more key characters."""
@@ -645,7 +668,8 @@ class Tokenizer:
         self._val_start[sl] = starts
         self._val_len[sl] = lens
         self._n_tok = end
-        names = ("_lead", "_link_first", "_link_last", "_wfirst", "_wlast", "_wdup")
+        names = ("_lead", "_link_first", "_link_last", "_wfirst", "_wlast", "_wdup", "_wstem")
+        names += ("_wmulti",)
         for k, name in enumerate(names, 2):
             getattr(self, name)[sl] = [v[k] for v in vals]
 
@@ -686,7 +710,8 @@ class Tokenizer:
             self._fill(first, runs)
         ids, offsets, flags = _assemble(
             r_kind, r_ent, r_mark, self._val_start, self._val_len, self._lead, self._link_first,
-            self._link_last, self._compat, self._wfirst, self._wlast, self._wdup, self._tok_pool,
+            self._link_last, self._compat, self._wfirst, self._wlast, self._wdup, self._wstem,
+            self._wmulti, self._tok_pool,
             len(fixed), self._ids[BOS],
         )  # fmt: skip
         flagged = np.flatnonzero(flags).tolist()

@@ -112,3 +112,19 @@ def test_three_megabyte_review_is_linear_and_consistent(imdb_sample):
     parts = Tokenizer().tokenize_batch(pieces)
     assert big == ["xxbos"] + [t for p in parts for t in p[1:]]
     assert elapsed < 60
+
+
+def test_word_repeats_fast_path_equals_exact_path():
+    """replace_wrep is the one rule across runs: many near-repeats, cased and punctuated."""
+    import random
+
+    rng = random.Random(4)
+    pieces = ["no", "No", "NO", "no,", "no!", "no.", "nooo", "no's", "so", "so-so", "très", "ha"]
+    seps = [" ", " ", "  ", "\n", " \n ", "\t"]
+    texts = [
+        "".join(rng.choice(pieces) + rng.choice(seps) for _ in range(rng.randint(1, 12)))
+        for _ in range(1500)
+    ]
+    got = Tokenizer().tokenize_batch(texts)
+    for text, toks in zip(texts, got):
+        assert toks == exact(text), text
