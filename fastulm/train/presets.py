@@ -62,28 +62,38 @@ class Preset:
 
 PRESETS = {
     "paper": Preset(
-        "paper",
-        400,
-        1152,
-        3,
-        lm=StageRecipe(48, 72, 0.3, [Stage(-1, 1, 1e-2), Stage(0, 10, 1e-3)]),
-        clas=StageRecipe(64, 72, 0.5, gradual_unfreezing(2e-2)),
+        name="paper",
+        emb_sz=400,
+        n_hid=1152,
+        n_layers=3,
+        lm=StageRecipe(
+            bs=48, bptt=72, drop_mult=0.3, stages=[Stage(-1, 1, 1e-2), Stage(0, 10, 1e-3)]
+        ),
+        clas=StageRecipe(bs=64, bptt=72, drop_mult=0.5, stages=gradual_unfreezing(2e-2)),
     ),
     "cpu": Preset(
-        "cpu",
-        64,
-        256,
-        3,
-        lm=StageRecipe(32, 48, 0.3, [Stage(-1, 1, 1e-2), Stage(0, 4, 3e-3)]),
-        clas=StageRecipe(32, 48, 0.5, gradual_unfreezing(2e-2), max_len=48 * 10),
+        name="cpu",
+        emb_sz=64,
+        n_hid=256,
+        n_layers=3,
+        lm=StageRecipe(
+            bs=32, bptt=48, drop_mult=0.3, stages=[Stage(-1, 1, 1e-2), Stage(0, 4, 3e-3)]
+        ),
+        clas=StageRecipe(
+            bs=32, bptt=48, drop_mult=0.5, stages=gradual_unfreezing(2e-2), max_len=48 * 10
+        ),
     ),
     "tiny": Preset(
-        "tiny",
-        32,
-        64,
-        2,
-        lm=StageRecipe(32, 32, 0.1, [Stage(-1, 1, 1e-2), Stage(0, 2, 5e-3)]),
-        clas=StageRecipe(32, 32, 0.3, gradual_unfreezing(2e-2, final_epochs=3), max_len=32 * 8),
+        name="tiny",
+        emb_sz=64,
+        n_hid=128,
+        n_layers=2,
+        lm=StageRecipe(
+            bs=32, bptt=32, drop_mult=0.1, stages=[Stage(-1, 1, 1e-2), Stage(0, 3, 5e-3)]
+        ),
+        clas=StageRecipe(
+            bs=16, bptt=32, drop_mult=0.3, stages=gradual_unfreezing(5e-2, 4), max_len=32 * 8
+        ),
     ),
 }
 

@@ -69,8 +69,17 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("stop_at", [5, 20, 28])  # mid-fit-0, mid-epoch of fit 1, boundary
-def test_resume_is_bit_exact(tmp_path, stop_at):
+@pytest.mark.parametrize(
+    ("stop_at", "every_step"),
+    [
+        (5, True),  # mid-epoch of fit 0
+        (20, True),  # last step of an epoch of fit 1 (checkpoint from the step before)
+        (28, True),  # mid-epoch of fit 1's last epoch
+        (15, False),  # epoch-end checkpoints only: resume at the end of fit 0
+        (25, False),  # ... and at the boundary between fit 1's epochs
+    ],
+)
+def test_resume_is_bit_exact(tmp_path, stop_at, every_step):
     torch.manual_seed(123)
     ref = lm_learner(tmp_path / "ref")
     _recipe(ref)
@@ -79,7 +88,8 @@ def test_resume_is_bit_exact(tmp_path, stop_at):
     torch.manual_seed(123)
     first = lm_learner(tmp_path / "run")
     first.checkpoint_path = tmp_path / "run" / "checkpoints" / "last.pt"
-    first.checkpoint_every_s = 0.0  # a checkpoint after every step
+    if every_step:
+        first.checkpoint_every_s = 0.0  # a checkpoint after every step
 
     def stop(learn, count=[0]):  # noqa: B006
         count[0] += 1
