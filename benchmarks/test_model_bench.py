@@ -131,7 +131,7 @@ def _run(benchmark, group, step, name, model, x, y):
     step(name, model, x, y)  # warm-up: allocates the gradient buffers
     peak = peak_rss_mb(lambda: step(name, model, x, y))
     benchmark.extra_info.update(
-        peak_rss_mb=round(peak, 1), bs=x.size(0), seq=x.size(1), scale=SCALE
+        peak_rss_mb=round(peak, 1), bs=x.size(0), seq=x.size(1), scale=SCALE, max_len=MAX_LEN
     )
     print(f"\n{group} {name}: bs={x.size(0)} seq={x.size(1)} peak RSS +{peak:.0f} MB")
     benchmark.pedantic(step, args=(name, model, x, y), rounds=ROUNDS, iterations=1)
