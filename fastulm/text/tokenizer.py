@@ -594,7 +594,8 @@ class Tokenizer:
                 ids = self._ids_of(toks)
                 pre_ids = ids if toks is pre else self._ids_of(pre)
                 wid = self._word_id(low)
-                stem = wid if wid >= 0 else self._stem_id(low)
+                # not all word characters: the stem is the letters
+                stem = wid if wid >= 0 else self._words.setdefault(low[:-1], len(self._words))
                 return ids, pre_ids, False, *self._link_ids(pre), wid, wid, False, stem, False
         toks, pre, first, last = self._split(low, cached=False)  # the run table caches it
         wid = self._word_id(low)  # lowercase: more replace_wrep candidates, never fewer
