@@ -73,6 +73,12 @@ def all_reduce_mean_grads(params: list[torch.nn.Parameter], world_size: int) -> 
         offset += n
 
 
+def broadcast_state(model: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    for tensor in model.state_dict().values():
+        dist.broadcast(tensor, 0)
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(values)

@@ -123,6 +123,8 @@ class Learner:
         self.dist = ddp.current()
         self.device = torch.device(device) if device is not None else ddp.default_device(self.dist)
         self.model = model.to(self.device)
+        if self.dist.active:  # every rank starts from rank 0's weights
+            ddp.broadcast_state(self.model)
         self.train_dl, self.valid_dl = train_dl, valid_dl
         self.kind, self.path = kind, Path(path)
         self.vocab = list(vocab) if vocab is not None else None

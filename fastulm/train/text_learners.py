@@ -220,8 +220,9 @@ def language_model_learner(
     common = dict(bptt=bptt, backwards=backwards, rank=ctx.rank, world_size=ctx.world_size)
     train_dl = LMLoader(train, rank_bs, shuffle=True, seed=seed, random_bptt=random_bptt, **common)
     valid_dl = LMLoader(valid, rank_bs, shuffle=False, **common)
-    torch.manual_seed(seed + ctx.rank)
+    torch.manual_seed(seed)  # the same initial weights on every rank
     model = get_language_model(len(corpus.vocab), config)
+    torch.manual_seed(seed + ctx.rank)  # different dropout masks per rank
     if pretrained is not None:
         load_pretrained(model, pretrained[0], pretrained[1], corpus.vocab.itos)
     learn = LMLearner(
@@ -280,8 +281,9 @@ def text_classifier_learner(
     )
     train_dl = ClasLoader(train, rank_bs, shuffle=True, seed=seed, **common)
     valid_dl = ClasLoader(valid, rank_bs, shuffle=False, **common)
-    torch.manual_seed(seed + ctx.rank)
+    torch.manual_seed(seed)
     model = get_classifier(len(corpus.vocab), n_classes, config)
+    torch.manual_seed(seed + ctx.rank)
     learn = ClassifierLearner(
         model,
         train_dl,
