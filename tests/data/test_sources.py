@@ -241,3 +241,15 @@ def test_csv_bad_is_valid(tmp_path):
     path.write_text("label,text,is_valid\npos,hi,maybe\n")
     with pytest.raises(DataError, match=re.escape("t.csv")):
         open_source(path)
+
+
+def test_damaged_tar_header(tiny_imdb, tmp_path):
+    root, _ = tiny_imdb
+    data = bytearray(make_tar(root, tmp_path / "a.tar", "w").read_bytes())
+    data[512 + 257 : 512 + 262] = b"xxxxx"  # the second header loses its magic
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(
+        DataError, match=r"bad\.tar: damaged tar archive \(bad header at byte 512\)"
+    ):
+        list(open_source(bad).records())
