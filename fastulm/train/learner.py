@@ -107,7 +107,7 @@ class Learner:
         label_names: Sequence[str] | None = None,
         lr: float = 1e-3,
         wd: float = 0.01,
-        moms: Sequence[float] = (0.8, 0.7, 0.8),
+        moms: Sequence[float] = (0.95, 0.85, 0.95),
         alpha: float = 2.0,
         beta: float = 1.0,
         clip: float | None = None,

@@ -27,6 +27,9 @@ from fastulm.train import distributed as ddp
 from fastulm.train.learner import Learner
 from fastulm.train.run_dir import write_run
 
+# fastai's TextLearner default; the generic Learner keeps fit_one_cycle's (0.95, 0.85, 0.95)
+TEXT_MOMS = (0.8, 0.7, 0.8)
+
 
 class DocSubset:
     """Some documents of a split, in the split layout the loaders read (ids, offsets, labels).
@@ -212,6 +215,7 @@ def language_model_learner(
     or as ``emb_sz=``/``n_hid=``/``n_layers=``; other keywords go to ``Learner``.
     """
     corpus = _open(corpus)
+    kwargs.setdefault("moms", TEXT_MOMS)
     model_kw = {k: kwargs.pop(k) for k in ("emb_sz", "n_hid", "n_layers") if k in kwargs}
     if config is None:
         config = AWDLSTMConfig.lm(drop_mult, bptt=bptt, checkpoint=grad_checkpoint, **model_kw)
@@ -261,6 +265,7 @@ def text_classifier_learner(
     Validates on ``valid_split`` (default: ``valid`` if the corpus has it, else ``test``).
     """
     corpus = _open(corpus)
+    kwargs.setdefault("moms", TEXT_MOMS)
     if valid_split is None:
         valid_split = "valid" if "valid" in corpus else "test"
     names = corpus.label_names

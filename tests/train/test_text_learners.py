@@ -52,6 +52,7 @@ def test_walkthrough_api(corpus, tmp_path):
     kw = dict(emb_sz=16, n_hid=32, n_layers=2, path=tmp_path, show_progress=False)
     learn = fastulm.language_model_learner(corpus, drop_mult=0.3, bs=8, bptt=8, **kw)
     assert isinstance(learn, fastulm.train.LMLearner)
+    assert learn.moms == (0.8, 0.7, 0.8)  # fastai TextLearner default
     learn.fit_one_cycle(1, 1e-2, moms=(0.8, 0.7))
     learn.save("fit_head")
     learn.unfreeze()
