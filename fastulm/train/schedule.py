@@ -49,7 +49,8 @@ class OneCycle:
     moms: tuple[float, float, float] = (0.95, 0.85, 0.95)
 
     def pos(self, step: int) -> float:
-        return step / self.total
+        # capped: with randomized bptt an epoch may run a few more windows than planned
+        return min(step / self.total, 1.0)
 
     def lrs(self, step: int) -> list[float]:
         p = self.pos(step)
