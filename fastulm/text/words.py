@@ -336,9 +336,6 @@ def _matcher_patterns() -> dict[tuple[str, ...], tuple[str, ...]]:
 PATTERNS = _matcher_patterns()
 _PATTERN_FIRST = {p[0] for p in PATTERNS if p}
 _PATTERN_MAX = max((len(p) for p in PATTERNS), default=0)
-# Neighbouring tokens inside a multi-token special case: two runs can only share a match
-# (see special_pass) when the last token of one and the first of the next form such a pair.
-LINK_PAIRS = frozenset((p[i], p[i + 1]) for p in PATTERNS for i in range(len(p) - 1))
 
 
 def special_pass(tokens: list[str], owner: list[int] | None = None) -> list[str]:
@@ -394,11 +391,6 @@ def run_tokens(run: str, cache: dict | None = None) -> list[str]:
     if toks is None:
         toks = cache[run] = _affix_tokens(run, SPECIALS)
     return toks
-
-
-def split_run(run: str) -> list[str]:
-    """Tokens of one run alone (its neighbours can still matter: see split_words)."""
-    return special_pass(run_tokens(run))
 
 
 def split_words(text: str, cache: dict | None = None) -> list[str]:
