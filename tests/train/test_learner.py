@@ -251,3 +251,20 @@ def test_mixed_precision_on_cuda(tmp_path, mode):
     rows = learn.fit_one_cycle(2, 1e-2)
     assert rows[-1]["valid_loss"] < rows[0]["valid_loss"] + 0.05
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+
+def test_gradient_clipping(tmp_path):
+    learn = lm_learner(tmp_path, clip=0.05)
+    norms = []
+    real_step = learn.opt.step
+
+    def step_recording_norm(*a, **kw):
+        grads = [p.grad for p in learn.params if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return real_step(*a, **kw)
+
+    learn.opt.step = step_recording_norm
+    learn.fit_one_cycle(1, 1e-2)
+    assert len(norms) == len(learn.train_dl)
+    assert max(norms) <= 0.05 * (1 + 1e-4)
+    assert min(norms) > 0.05 * 0.5  # this tiny LM's raw gradients are far above 0.05
