@@ -6,14 +6,18 @@ spec_add_spaces, replace_all_caps, replace_maj and lowercase never look across w
 and spaCy's splitting works run by run. So each distinct run is processed once, in Python
 (rules.py + words.py), and its token ids are cached in a hash table that numba probes
 directly on the text's code points; the whitespace between runs is cached the same way.
-Three things are not run-local, and a document that meets one of them is redone whole by
-the exact slow path (rules on the document, then words.split_words):
+Plain ASCII runs are looked up lowercased, their xxup/xxmaj marker found by the kernel.
+Three things are not run-local, and a document that meets one of them is redone:
 
-- replace_wrep (a word repeated 3+ times): flagged when two neighbouring words after
-  replace_rep are equal, then confirmed with the real pattern;
-- spaCy's final special-case pass, when the last token of a run and the first token of
-  the next could both belong to a multi-token special case (e.g. `''` `''`);
-- a text holding U+0000, the separator used to batch documents.
+- replace_wrep (a word repeated 3+ times): flagged when a word follows itself and the next
+  word starts with it, confirmed with fastai's pattern, then the exact whole-document path
+  (rules on the document, then words.split_words);
+- spaCy's final special-case pass, when the last tokens of a run and the first tokens of
+  the next could belong to one multi-token special case (e.g. `''` `''`): the document's
+  pass is redone over the cached pre-pass tokens;
+- a text holding U+0000, the separator used to batch documents: whole-document path.
+
+docs/tokenizer.md explains the design and the measured parity and speed.
 """
 
 from __future__ import annotations
