@@ -3,8 +3,9 @@
 One forward + backward of the LM (bs 48, bptt 70, vocab 60k) and of the fully unfrozen
 classifier (bs 48, IMDB-length documents: 1440 tokens, the reference's max_len), on the same
 random inputs in the same run. CUDA when present (peak = torch.cuda.max_memory_allocated), else
-the CPU (peak = bench_steps.PeakMemory, live tensor storages). Each result's
-``extra_info["peak_mib"]``; the last test prints the table with ratios to the reference.
+the CPU (peak = bench_steps.PeakMemory, live tensor storages). The metered step is also the
+warm-up. Each result's ``extra_info["peak_mib"]``, a JSON line per result (appended to
+$FASTULM_BENCH_LOG when set), and the last test prints the table with ratios to the reference.
 
 The full sizes take minutes per step on a 2-core CPU: scale down with FASTULM_BENCH_SMALL=1
 (LM bs 8, classifier bs 4 x 432 tokens) or FASTULM_BENCH_{BS,CLAS_BS,BPTT,VOCAB,CLAS_SEQ}.
@@ -13,6 +14,7 @@ The full sizes take minutes per step on a 2-core CPU: scale down with FASTULM_BE
         --benchmark-columns=median,rounds
 """
 
+import json
 import os
 
 import pytest
@@ -33,7 +35,7 @@ CLAS_BS = int(os.environ.get("FASTULM_BENCH_CLAS_BS", 4 if SMALL else BS))
 BPTT = int(os.environ.get("FASTULM_BENCH_BPTT", 70))
 VOCAB = int(os.environ.get("FASTULM_BENCH_VOCAB", 60000))
 CLAS_SEQ = int(os.environ.get("FASTULM_BENCH_CLAS_SEQ", 432 if SMALL else 1440))
-ROUNDS = int(os.environ.get("FASTULM_BENCH_ROUNDS", 2))
+ROUNDS = int(os.environ.get("FASTULM_BENCH_ROUNDS", 1 if SMALL else 3))
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # bf16 autocast needs bf16 support (CPUs without avx512_bf16/amx emulate it slowly)
 BF16 = torch.bfloat16
@@ -69,10 +71,18 @@ def run(benchmark, kind, variant, build):
     if variant.startswith("reference"):
         need_fastai()
     step = build()
-    benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    peak = peak_mib(step, DEVICE)
+    peak = peak_mib(step, DEVICE)  # doubles as the warm-up round
+    benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    median = benchmark.stats.stats.median
     benchmark.extra_info.update(peak_mib=round(peak, 1), device=DEVICE.type)
-    RESULTS[(kind, variant)] = (benchmark.stats.stats.median, peak)
+    RESULTS[(kind, variant)] = (median, peak)
+    line = dict(step=kind, variant=variant, median_s=round(median, 3), peak_mib=round(peak, 1))
+    line.update(device=DEVICE.type, bs=BS if kind == "lm" else CLAS_BS, bptt=BPTT, vocab=VOCAB)
+    line.update(clas_seq=CLAS_SEQ)
+    print("\n" + json.dumps(line), flush=True)
+    if os.environ.get("FASTULM_BENCH_LOG"):  # results survive a run cut short
+        with open(os.environ["FASTULM_BENCH_LOG"], "a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 @pytest.mark.slow
