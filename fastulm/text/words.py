@@ -170,6 +170,67 @@ def _suffix_window(pattern: str | None, flags: int) -> int | None:
     return window
 
 
+def _first_ranges(seq) -> list[tuple[int, int]] | None:
+    """Code point ranges a match of a parsed pattern can start with, or None when that is
+    not known for sure (categories, negated classes, optional starts, empty matches)."""
+    for op, av in seq:
+        if op in (_sre.AT, _sre.ASSERT, _sre.ASSERT_NOT):
+            continue  # zero-width
+        if op is _sre.LITERAL:
+            return [(av, av)]
+        if op is _sre.IN:
+            out = []
+            for item_op, item in av:
+                if item_op is _sre.LITERAL:
+                    out.append((item, item))
+                elif item_op is _sre.RANGE:
+                    out.append(item)
+                else:
+                    return None
+            return out
+        if op is _sre.BRANCH:
+            out = []
+            for branch in av[1]:
+                ranges = _first_ranges(branch)
+                if ranges is None:
+                    return None
+                out += ranges
+            return out
+        if op is _sre.SUBPATTERN and av[-1].getwidth()[0] > 0:
+            return _first_ranges(av[-1])
+        if op in _REPEATS and av[0] > 0 and av[2].getwidth()[0] > 0:
+            return _first_ranges(av[2])
+        return None
+    return None  # nothing consumed: the match may be empty
+
+
+def _start_class(pattern: str | None, flags: int) -> re.Pattern | None:
+    """A one-character class matching every character a match can start with (a string
+    without any cannot match anywhere), or None when unknown."""
+    if pattern is None or flags & re.IGNORECASE:
+        return None
+    ranges = _first_ranges(_parse(pattern, flags).data)
+    if not ranges:
+        return None
+    return re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges) + "]")
+
+
+def _must_contain(seq, code: int) -> bool:
+    """Whether every match of a parsed pattern contains the character `code`."""
+    for op, av in seq:
+        if op is _sre.LITERAL and av == code:
+            return True
+        if op is _sre.IN and all(o is _sre.LITERAL and a == code for o, a in av):
+            return True
+        if op is _sre.SUBPATTERN and _must_contain(av[-1], code):
+            return True
+        if op in _REPEATS and av[0] > 0 and _must_contain(av[2], code):
+            return True
+        if op is _sre.BRANCH and all(_must_contain(b, code) for b in av[1]):
+            return True
+    return False
+
+
 LETTERS_PASS_THROUGH = _letters_pass_through()
 TOKEN_MATCH_PATTERN_SET = _tables.TOKEN_MATCH_PATTERN is not None
 _PREFIX_FIND = (
@@ -177,9 +238,18 @@ _PREFIX_FIND = (
     else (_PREFIX.search if _PREFIX is not None else None)
 )  # fmt: skip
 _SUFFIX_WINDOW = _suffix_window(_tables.SUFFIX_PATTERN, _tables.SUFFIX_FLAGS)
+# cheap exact pre-checks: no prefix unless the first character can start one, no infix
+# unless some character can start one, no URL without a dot (every URL match has one)
+_PREFIX_START = _start_class(_tables.PREFIX_PATTERN, _tables.PREFIX_FLAGS)
+_INFIX_START = _start_class(_tables.INFIX_PATTERN, _tables.INFIX_FLAGS)
+_URL_NEEDS_DOT = _tables.URL_MATCH_PATTERN is not None and _must_contain(
+    _parse(_tables.URL_MATCH_PATTERN, _tables.URL_MATCH_FLAGS).data, ord(".")
+)
 
 
 def _prefix_len(s: str) -> int:
+    if _PREFIX_START is not None and not _PREFIX_START.match(s):
+        return 0
     m = _PREFIX_FIND(s) if _PREFIX_FIND is not None else None
     return m.end() - m.start() if m is not None else 0
 
@@ -253,9 +323,11 @@ def _split_core(s: str, specials: dict) -> list[str]:
         return list(specials[s])
     if LETTERS_PASS_THROUGH and s.isalpha() and s.isascii():
         return [s]  # neither a URL nor an infix can match ASCII letters
-    if _token_match(s) or (_URL_MATCH is not None and _URL_MATCH.match(s)):
+    if _token_match(s):
         return [s]
-    if _INFIX is None:
+    if _URL_MATCH is not None and (not _URL_NEEDS_DOT or "." in s) and _URL_MATCH.match(s):
+        return [s]
+    if _INFIX is None or (_INFIX_START is not None and not _INFIX_START.search(s)):
         return [s]
     out: list[str] = []
     start = 0

@@ -105,3 +105,25 @@ def test_long_word_is_linear():
     assert words.split_words("a" * 300_000) == ["a" * 300_000]
     assert words.split_words("." * 3000) == ["." * 3000]
     assert time.perf_counter() - t < 5
+
+
+def test_pre_checks_never_hide_a_match():
+    """The prefix/infix start classes and the URL dot rule only skip strings the real
+    patterns cannot match."""
+    prefix = re.compile(spacy_tables.PREFIX_PATTERN, spacy_tables.PREFIX_FLAGS)
+    infix = re.compile(spacy_tables.INFIX_PATTERN, spacy_tables.INFIX_FLAGS)
+    url = re.compile(spacy_tables.URL_MATCH_PATTERN, spacy_tables.URL_MATCH_FLAGS)
+    rng = random.Random(2)
+    alphabet = "aZ09.,:;-–—~/\\<>=+*^'\"()[]{}!?…$£€%#@&_|°©®™😀 \u00a0é東"
+    samples = [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(20000)
+    ]
+    samples += ["www.imdb.com", "http://x.org/a", "a.b", "1.2.3.4", "x@y.co", "a-b", "10-15"]
+    for s in samples:
+        m = prefix.search(s)
+        if m and m.end() > m.start():
+            assert words._PREFIX_START.match(s), s
+        if any(m.end() > m.start() for m in infix.finditer(s)):
+            assert words._INFIX_START.search(s), s
+        if url.match(s):
+            assert "." in s, s
