@@ -493,6 +493,7 @@ class Tokenizer:
         self._lsets: dict[frozenset, int] = {frozenset(): 0}
         self._rsets: dict[frozenset, int] = {frozenset(): 0}
         self._compat = np.zeros((1, 1), np.bool_)
+        self._link_memo: dict[tuple[str, str], tuple[int, int]] = {}
         # entry 0 is the single space, which _scan uses without a lookup
         self._reserve(1, 1)
         space = np.array([32], np.uint32)
@@ -543,14 +544,24 @@ class Tokenizer:
 
     def _link_ids(self, toks) -> tuple[int, int]:
         """Ids of the run's right / left split sets (0 = none), kept in self._compat."""
-        if toks[0] not in _BY_FIRST and toks[-1] not in _BY_LAST:
+        first, last = toks[0], toks[-1]
+        if first not in _BY_FIRST and last not in _BY_LAST:
             return 0, 0
+        # with no two-token part at either edge, only the edge tokens matter: memoize
+        simple = len(toks) > 1 and (first, toks[1]) not in _FIRST_TWO
+        simple = simple and (toks[-2], last) not in _LAST_TWO
+        if simple:
+            ids = self._link_memo.get((first, last))
+            if ids is not None:
+                return ids
         right, left = _link_sets(toks)
         rid = self._rsets.setdefault(right, len(self._rsets))
         lid = self._lsets.setdefault(left, len(self._lsets))
         if self._compat.shape != (len(self._lsets), len(self._rsets)):
             ls, rs = list(self._lsets), list(self._rsets)
             self._compat = np.array([[bool(a & b) for b in rs] for a in ls], dtype=np.bool_)
+        if simple:
+            self._link_memo[first, last] = (rid, lid)
         return rid, lid
 
     def _stem_id(self, word: str) -> int:
