@@ -710,7 +710,7 @@ class Tokenizer:
     def _encode_fixed(self, fixed: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Ids and offsets of HTML-fixed texts, and the documents that need the slow path."""
         joined = _SEP.join(fixed)
-        arr = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
+        arr = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), np.uint32)
         ws = _WS_ALL[arr]
         n_runs = np.count_nonzero(ws[1:] != ws[:-1]) + 2 * len(fixed) + 1  # separators too
         self._reserve(n_runs, len(arr))

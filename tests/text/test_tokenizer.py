@@ -87,6 +87,7 @@ def test_ids_and_table():
         "Noooo!!!No No No",  # replace_wrep over a raw-keyed and two lowercase-keyed runs
         "HELLO, Hello, hello, HeLLo, I, A1, ÉTÉ CAFÉ iPhone McDonald's U.S.A. DON'T Don't",
         "wow.. Wow.. WOW.. aAa AaA Aaa",
+        "lone \ud800 surrogate\udfff!",  # from surrogateescape decoding: still code points
     ],
 )
 def test_whole_document_cases(text):
