@@ -753,6 +753,9 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of many texts: (flat int32 ids, int64 offsets with len(texts)+1 entries)."""
         texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"text {i} is a {type(t).__name__}, not a str")
         fixed = ["" if _SEP in t else fix_html(t) for t in texts]
         ids, offsets, slow = self._encode_fixed(fixed)
         slow = set(slow) | {i for i, t in enumerate(texts) if _SEP in t}

@@ -129,3 +129,8 @@ def test_word_repeats_fast_path_equals_exact_path():
     got = Tokenizer().tokenize_batch(texts)
     for text, toks in zip(texts, got):
         assert toks == exact(text), text
+
+
+def test_non_text_is_refused_clearly():
+    with pytest.raises(TypeError, match="text 1 is a float"):
+        Tokenizer().encode_batch(["ok", float("nan")])
