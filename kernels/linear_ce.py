@@ -199,12 +199,17 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _g_correct, _g_gx, _g_gw, _g_gb):
-    # Out of place: scaling the saved gradients in place would save one [V, D] buffer but
-    # breaks AOT autograd (torch.compile) and retain_graph.
     grad_x, grad_w, grad_b = ctx.saved_tensors
     if grad_x is None:
         raise RuntimeError("linear_cross_entropy: backward through a call made without grad")
     g = grad_loss.to(torch.float32)
+    if type(grad_loss) is torch.Tensor:
+        # eager: scale the gradients computed in the forward in place, so no second [V, D]
+        # buffer exists; a second backward through a retained graph then fails autograd's
+        # saved-tensor version check instead of silently scaling twice
+        out_b = grad_b.mul_(g) if ctx.has_bias else None
+        return grad_x.mul_(g), grad_w.mul_(g), out_b, None, None, None, None
+    # traced (torch.compile / AOT autograd): functional, out of place
     out_b = (grad_b * g).to(grad_b.dtype) if ctx.has_bias else None
     out_x, out_w = (grad_x * g).to(grad_x.dtype), (grad_w * g).to(grad_w.dtype)
     return out_x, out_w, out_b, None, None, None, None
