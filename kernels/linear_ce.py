@@ -2,7 +2,7 @@
 
 At bs 48 x bptt 70 x vocab 60k the decoder's logits are ~800 MB in fp32 and autograd keeps
 them plus their gradient of the same size. Here the rows go through in chunks of at most
-~``FASTULM_CE_CHUNK_MB`` MB of logits (default 128): each chunk's logits are turned in place
+~``FASTULM_CE_CHUNK_MB`` MB of logits (default 64): each chunk's logits are turned in place
 into their gradient ``(softmax - onehot) / n_valid``, which is multiplied straight into
 ``grad_x``, ``grad_W`` and ``grad_b`` (fp32 accumulators), and dropped. The gradients are
 computed in the forward (as Liger-Kernel's fused linear cross-entropy does) when autograd
@@ -113,8 +113,8 @@ def _ce_chunk_torch(z, target, loss, correct, ignore_index, inv_n, write_grad):
 
 
 def chunk_rows_for(vocab: int) -> int:
-    """Rows per chunk so one chunk's fp32 logits stay under FASTULM_CE_CHUNK_MB (default 128)."""
-    budget = float(os.environ.get("FASTULM_CE_CHUNK_MB", "128")) * 2**20
+    """Rows per chunk so one chunk's fp32 logits stay under FASTULM_CE_CHUNK_MB (default 64)."""
+    budget = float(os.environ.get("FASTULM_CE_CHUNK_MB", "64")) * 2**20
     return max(1, int(budget // (4 * vocab)))
 
 
