@@ -92,7 +92,7 @@ PRESETS = {
             bs=32, bptt=32, drop_mult=0.1, stages=[Stage(-1, 1, 1e-2), Stage(0, 3, 5e-3)]
         ),
         clas=StageRecipe(
-            bs=16, bptt=32, drop_mult=0.3, stages=gradual_unfreezing(5e-2, 4), max_len=32 * 8
+            bs=16, bptt=32, drop_mult=0.3, stages=gradual_unfreezing(5e-2, 4), max_len=32 * 16
         ),
     ),
 }

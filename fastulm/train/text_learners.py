@@ -281,9 +281,10 @@ def text_classifier_learner(
             drop_mult, bptt=bptt, max_len=max_len, checkpoint=grad_checkpoint, **model_kw
         )
     ctx, rank_bs = _settings(bs)
-    common = dict(
-        bptt=bptt, max_len=max_len, backwards=backwards, rank=ctx.rank, world_size=ctx.world_size
-    )
+    # Whole documents, as fastai's loader gives them: the model runs every chunk (those before
+    # the last max_len positions without grad) and pools the last max_len, so the state
+    # entering that window has read the document's start, exactly as predict/classify do.
+    common = dict(bptt=bptt, backwards=backwards, rank=ctx.rank, world_size=ctx.world_size)
     train_dl = ClasLoader(train, rank_bs, shuffle=True, seed=seed, **common)
     valid_dl = ClasLoader(valid, rank_bs, shuffle=False, **common)
     torch.manual_seed(seed)
