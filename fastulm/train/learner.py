@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from fastulm.train import checkpoint as ckpt
 from fastulm.train import distributed as ddp
+from fastulm.train.carried import carried_state, restore_carried_state
 from fastulm.train.optimizer import (
     LR,
     complete_groups,
@@ -406,7 +407,7 @@ class Learner:
     def _write_logs(self) -> None:
         if not self.dist.is_main:
             return
-        from fastulm.train.plots import plot_losses
+        from fastulm.train.plots import plot_losses  # matplotlib only when logs are written
 
         rows = self.history["epochs"]
         lines = "".join(json.dumps(r) + "\n" for r in rows)
@@ -435,8 +436,6 @@ class Learner:
             self.save_checkpoint()
 
     def checkpoint_state(self) -> dict[str, Any]:
-        from fastulm.train.carried import carried_state
-
         return {
             "format": "fastulm-checkpoint-1",
             "fit": self.fit_id,
@@ -478,8 +477,6 @@ class Learner:
         self.history = state["history"]
 
     def _restore(self, state: dict[str, Any]) -> None:
-        from fastulm.train.carried import restore_carried_state
-
         try:
             self.model.load_state_dict(state["model"])
             for p, trainable in zip(self.params, state["trainable"], strict=True):
