@@ -150,3 +150,36 @@ def test_lm_step(benchmark, lm_models, name):
 def test_classifier_step(benchmark, clas_models, name):
     models, x, y = clas_models
     _run(benchmark, "classifier-step", _clas_step, name, models[name], x, y)
+
+
+def saved_for_backward_mb(fn) -> float:
+    """MB of distinct storages autograd saves for backward while ``fn`` runs (deterministic,
+    unlike RSS; checkpointed regions save only their inputs)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values()) / 2**20
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["fastai", "fastulm", "fastulm+ckpt"])
+def test_classifier_saved_for_backward(benchmark, clas_models, name):
+    """Classifier forward (+loss) only; extra_info holds the MB saved for backward."""
+    models, x, y = clas_models
+    model = models[name]
+
+    def forward():
+        out = model(x)
+        logits, raw = (out[0], out[1]) if isinstance(out, tuple) else (out.logits, out.raw)
+        return F.cross_entropy(logits, y) + ar_tar(raw, raw)
+
+    mb = saved_for_backward_mb(forward)
+    benchmark.group = "classifier-forward"
+    benchmark.extra_info.update(saved_mb=round(mb, 1), bs=x.size(0), seq=x.size(1), scale=SCALE)
+    print(f"\nclassifier saved-for-backward {name}: bs={x.size(0)} seq={x.size(1)} {mb:.0f} MB")
+    benchmark.pedantic(forward, rounds=1, iterations=1)
