@@ -10,8 +10,8 @@ with the same number of worker processes, each in a fresh subprocess:
   tokens turned into ids.
 
 Also timed: fastulm straight from the ``.tar.gz`` (the main job). Peak memory is sampled
-every 0.1 s over the whole process tree (parent + workers): PSS, which counts pages
-shared between forked workers once, and the largest single process's RSS.
+every 0.2 s over the whole process tree (parent + workers): PSS, which counts pages
+shared between forked workers once, and the largest single process's RSS (wait4).
 
     python -m pytest benchmarks/test_tokenize_bench.py -s -p no:randomly
     FASTULM_BENCH_WORKERS=2 (default: all cores)
@@ -91,13 +91,16 @@ def measure(cmd: list[str]) -> dict:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         peak = {"pss": 0, "rss": 0}
 
-        def sample():
+        def sample():  # light: the tree is rescanned once a second, memory read 5x a second
+            k, pids = 0, [proc.pid]
             while proc.returncode is None:
-                pids = _tree(proc.pid)
+                if k % 5 == 0:
+                    pids = _tree(proc.pid)
+                k += 1
                 pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
                 rss = max(_kb(f"/proc/{p}/status", "VmRSS:") for p in pids)
                 peak["pss"], peak["rss"] = max(peak["pss"], pss), max(peak["rss"], rss)
-                time.sleep(0.1)
+                time.sleep(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
