@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from fastulm.data import DataError
-from fastulm.text.rules import SPECIAL_TOKENS
 
 FAKE_TOKEN = "xxfake"
 
@@ -49,7 +48,13 @@ def make_itos(
     counts = np.asarray(counts, dtype=np.int64)
     if len(tokens) != len(counts):
         raise ValueError("tokens and counts differ in length")
-    specials = list(SPECIAL_TOKENS if special_toks is None else special_toks)
+    if special_toks is None:
+        # imported here: fastulm.text pulls in the tokenizer (numba), which readers of a
+        # corpus (loaders, training) never need
+        from fastulm.text.rules import SPECIAL_TOKENS
+
+        special_toks = SPECIAL_TOKENS
+    specials = list(special_toks)
     order = vocab_order(counts, tiebreak)
     order = order[counts[order] > 0]  # a Counter only holds tokens that occurred
     if max_vocab is not None:
