@@ -129,7 +129,7 @@ def _bwd_triton(g: torch.Tensor, arg: torch.Tensor, meta: torch.Tensor, gx: torc
 # ---------------------------------------------------------------------------------------------
 # Memory-lean torch path: vectorized, but no temporary as large as [bs, seq, hidden]
 # ---------------------------------------------------------------------------------------------
-_TIME_BLOCK = 64  # max over time in blocks: only a block touching padding gets a masked copy
+_TIME_BLOCK = 256  # max over time in blocks: only a block touching padding gets a masked copy
 
 
 def _fwd_torch(x: torch.Tensor, meta: torch.Tensor, out: torch.Tensor, arg: torch.Tensor):
