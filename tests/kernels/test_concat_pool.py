@@ -16,6 +16,7 @@ LAYOUTS = {
     "length_one_rows": (3, 9, 16, 4, [(8, 1), (0, 1), (4, 1)]),
     "batch_one": (1, 7, 5, 3, [(3, 4)]),
     "wide_hidden": (2, 40, 600, 16, [(16, 20), (0, 33)]),
+    "long_rows": (2, 300, 8, 72, [(72, 200), (0, 300)]),  # several time blocks on every path
 }
 
 
