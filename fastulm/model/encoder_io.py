@@ -78,8 +78,14 @@ def load_encoder(model: nn.Module, path: str | Path, vocab: list[str]) -> nn.Mod
         for p in (st_path, js_path):
             if not p.exists():
                 raise FileNotFoundError(f"{p}: encoder file not found")
-        state = load_file(str(st_path))
-        saved_vocab = json.loads(js_path.read_text())["vocab"]
+        try:
+            state = load_file(str(st_path))
+        except Exception as err:
+            raise EncoderMismatchError(f"{st_path}: cannot read encoder weights ({err})") from None
+        try:
+            saved_vocab = json.loads(js_path.read_text())["vocab"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise EncoderMismatchError(f"{js_path}: not an encoder vocab file ({err})") from None
     if saved_vocab is not None and len(saved_vocab) != len(vocab):
         raise EncoderMismatchError(
             f"{path}: encoder vocab has {len(saved_vocab)} tokens, the given vocab has {len(vocab)}"

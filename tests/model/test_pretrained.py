@@ -178,3 +178,17 @@ def test_encoder_round_trip_and_mismatch_errors(tmp_path):
         load_encoder(big, tmp_path / "enc", OLD_VOCAB)
     with pytest.raises(EncoderMismatchError, match="vocab has 49 tokens but the encoder has 50"):
         save_encoder(lm, tmp_path / "enc2", OLD_VOCAB[:49])
+
+
+def test_truncated_encoder_file_is_one_clear_error(tmp_path):
+    save_encoder(get_language_model(V, **SMALL), tmp_path / "enc", OLD_VOCAB)
+    data = (tmp_path / "enc.safetensors").read_bytes()
+    (tmp_path / "enc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        EncoderMismatchError, match=r"enc\.safetensors: cannot read encoder weights"
+    ):
+        load_encoder(get_classifier(V, 2, **SMALL), tmp_path / "enc", OLD_VOCAB)
+    save_encoder(get_language_model(V, **SMALL), tmp_path / "enc2", OLD_VOCAB)
+    (tmp_path / "enc2.json").write_text("{not json")
+    with pytest.raises(EncoderMismatchError, match=r"enc2\.json: not an encoder vocab file"):
+        load_encoder(get_classifier(V, 2, **SMALL), tmp_path / "enc2", OLD_VOCAB)
