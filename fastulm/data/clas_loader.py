@@ -14,11 +14,13 @@ balanced; each rank pads its own rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from fastulm.data.epochs import EpochLoader
 
 SORT_CHUNK_BATCHES = 50  # fastai sorts chunks of bs * 50 documents
 
@@ -62,8 +64,10 @@ def _itos(vocab: Any) -> Sequence[str]:
     return vocab.itos if hasattr(vocab, "itos") else vocab
 
 
-class ClasLoader:
+class ClasLoader(EpochLoader):
     """Yields (x, y): x LongTensor [bs, T] in pad_chunk layout, y LongTensor [bs] labels."""
+
+    unit = "documents"
 
     def __init__(
         self,
@@ -105,10 +109,7 @@ class ClasLoader:
                 "a classifier trains and validates on labelled documents only"
             )
 
-        self.epoch = 0
-        self._resume: tuple[int, int] | None = None
-        self._pos = 0
-        self._cached: tuple[int, list[np.ndarray]] | None = None
+        self._start_epochs()
 
     # ---- plan -----------------------------------------------------------------------------
     def _plan(self, epoch: int) -> list[np.ndarray]:
@@ -140,49 +141,12 @@ class ClasLoader:
         x = pad_batch([self._doc(int(i)) for i in idx], self.pad_id, self.bptt)
         return torch.from_numpy(x), torch.from_numpy(self._labels[idx].copy())
 
-    # ---- iteration and state --------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._plan(self.epoch))
+    # ---- iteration (EpochLoader) ---------------------------------------------------------
+    def _n_batches(self, plan: list[np.ndarray]) -> int:
+        return len(plan)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
-        start = 0
-        if self._resume is not None and self._resume[0] == epoch:
-            start = self._resume[1]
-        self._resume = None
-        plan = self._plan(epoch)
-        for i in range(start, len(plan)):
-            self._pos = i + 1
-            yield self._batch(plan[i])
-        self._pos = 0
-        self.epoch = epoch + 1
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch (and so the shuffle); a pending resume for another epoch is dropped."""
-        self.epoch = epoch
-        if self._resume is not None and self._resume[0] != epoch:
-            self._resume = None
-
-    def state_dict(self) -> dict[str, int]:
-        """Where the loader stands: the epoch and how many of its batches were handed out."""
-        if self._resume is not None:
-            epoch, batch = self._resume
-        else:
-            epoch, batch = self.epoch, self._pos
-        return {"epoch": epoch, "batch": batch, "seed": self.seed, "global_bs": self.global_bs}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """The next pass starts at the saved epoch and batch."""
-        if state.get("global_bs", self.global_bs) != self.global_bs:
-            raise ValueError(
-                f"loader state was saved with a global batch of {state['global_bs']} documents, "
-                f"this loader has {self.global_bs}: the batches would differ"
-            )
-        self.seed = int(state.get("seed", self.seed))
-        self._cached = None
-        self.epoch = int(state["epoch"])
-        self._resume = (self.epoch, int(state["batch"]))
-        self._pos = int(state["batch"])
+    def _batch_at(self, plan: list[np.ndarray], i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._batch(plan[i])
 
     # ---- display --------------------------------------------------------------------------
     def show_batch(

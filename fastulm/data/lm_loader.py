@@ -13,12 +13,14 @@ bs * world_size would see.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from fastulm.data.epochs import EpochLoader
 
 # The original AWD-LSTM's randomized window lengths: bptt with probability 0.95, else bptt/2,
 # then a normal draw with this spread, never shorter than RAND_MIN_LEN.
@@ -52,8 +54,10 @@ class _Plan:
     win_len: np.ndarray  # length of each batch in time
 
 
-class LMLoader:
+class LMLoader(EpochLoader):
     """Yields (x, y) LongTensors [bs, seq] with y the token after x; seq is bptt except the last."""
+
+    unit = "streams"
 
     def __init__(
         self,
@@ -94,10 +98,7 @@ class LMLoader:
                 f"(bs={bs} x world_size={world_size}); lower bs"
             )
 
-        self.epoch = 0
-        self._resume: tuple[int, int] | None = None  # (epoch, batch) to start the next pass at
-        self._pos = 0  # batches handed out in the current pass
-        self._cached: _Plan | None = None
+        self._start_epochs()
 
     # ---- per-epoch plan -------------------------------------------------------------------
     def _rng(self, epoch: int, stream: int) -> np.random.RandomState:
@@ -160,49 +161,12 @@ class LMLoader:
         """Indices of the documents (across all splits, in order) as laid end to end."""
         return self._plan(self.epoch if epoch is None else epoch).order.copy()
 
-    # ---- iteration and state --------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._plan(self.epoch).win_start)
+    # ---- iteration (EpochLoader) ---------------------------------------------------------
+    def _n_batches(self, plan: _Plan) -> int:
+        return len(plan.win_start)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
-        start = 0
-        if self._resume is not None and self._resume[0] == epoch:
-            start = self._resume[1]
-        self._resume = None
-        plan = self._plan(epoch)
-        for i in range(start, len(plan.win_start)):
-            self._pos = i + 1
-            yield self._batch(plan, i)
-        self._pos = 0
-        self.epoch = epoch + 1
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch (and so the shuffle); a pending resume for another epoch is dropped."""
-        self.epoch = epoch
-        if self._resume is not None and self._resume[0] != epoch:
-            self._resume = None
-
-    def state_dict(self) -> dict[str, int]:
-        """Where the loader stands: the epoch and how many of its batches were handed out."""
-        if self._resume is not None:
-            epoch, batch = self._resume
-        else:
-            epoch, batch = self.epoch, self._pos
-        return {"epoch": epoch, "batch": batch, "seed": self.seed, "global_bs": self.global_bs}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """The next pass starts at the saved epoch and batch."""
-        if state.get("global_bs", self.global_bs) != self.global_bs:
-            raise ValueError(
-                f"loader state was saved with a global batch of {state['global_bs']} streams, "
-                f"this loader has {self.global_bs}: the streams would differ"
-            )
-        self.seed = int(state.get("seed", self.seed))
-        self._cached = None
-        self.epoch = int(state["epoch"])
-        self._resume = (self.epoch, int(state["batch"]))
-        self._pos = int(state["batch"])
+    def _batch_at(self, plan: _Plan, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._batch(plan, i)
 
     # ---- display --------------------------------------------------------------------------
     def show_batch(self, vocab: Any, n: int = 6, trunc_at: int = 40) -> list[tuple[str, str]]:
