@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# Install fastulm into ./.venv (created if no virtual environment is active).
+# Install fastulm into ./.venv (created if absent).
 #   bash scripts/install.sh          the library and its CLIs
 #   bash scripts/install.sh --test   plus pytest, pytest-benchmark, ruff and the reference
 #                                    implementation (fastai 2.8.12, without torchvision)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${VIRTUAL_ENV:-}" ]; then
-    [ -d .venv ] || python3 -m venv .venv
-    # shellcheck disable=SC1091
-    source .venv/bin/activate
-fi
+[ -d .venv ] || python3 -m venv .venv
+# shellcheck disable=SC1091
+source .venv/bin/activate
 pip() { python -m pip --disable-pip-version-check "$@"; }
 
 # torch first, pinned to the CPU build on this machine's disk: an unpinned torch would make

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-[ -n "${VIRTUAL_ENV:-}" ] || source .venv/bin/activate
+source .venv/bin/activate
 DATA="${FASTULM_DATA:-../shared/data}"
 python -m fastulm.tokenize "${1:-$DATA/aclImdb_v1.tar.gz}" "${2:-data/imdb_tok}" --force

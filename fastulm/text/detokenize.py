@@ -14,18 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# Same strings as fastulm.text.rules.SPECIAL_TOKENS.
-UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ = [
-    "xxunk",
-    "xxpad",
-    "xxbos",
-    "xxeos",
-    "xxfld",
-    "xxrep",
-    "xxwrep",
-    "xxup",
-    "xxmaj",
-]
+from fastulm.text.rules import SPECIAL_TOKENS
+
+UNK, PAD, BOS, EOS, FLD, REP, WREP, UP, MAJ = SPECIAL_TOKENS
 DROPPED = {PAD, BOS, EOS, FLD, "xxfake"}
 
 CLOSING_CHARS = set(".,!?;:…%)]}")
