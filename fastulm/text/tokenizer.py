@@ -29,6 +29,7 @@ from itertools import pairwise
 import numpy as np
 from numba import njit
 
+from fastulm.text import ascii_split
 from fastulm.text.rules import (
     BOS,
     RE_REP,
@@ -43,6 +44,11 @@ from fastulm.text.rules import (
     rm_useless_spaces,
     spec_add_spaces,
 )
+from fastulm.text.table import StringTable
+from fastulm.text.table import fnv as _hash
+from fastulm.text.table import insert as _insert
+from fastulm.text.table import probe as _probe
+from fastulm.text.table import rehash as _rehash
 from fastulm.text.words import (
     LETTERS_PASS_THROUGH,
     PATTERNS,
@@ -148,40 +154,6 @@ def _link_sets(toks: list) -> tuple[frozenset, frozenset]:
 @njit(cache=True, inline="always")
 def _is_ws(c, ws):
     return c < 0x3001 and ws[c]
-
-
-@njit(cache=True)
-def _hash(arr, s, e):
-    h = np.uint64(14695981039346656037)
-    for i in range(s, e):
-        h = (h ^ np.uint64(arr[i])) * np.uint64(1099511628211)
-    return h
-
-
-@njit(cache=True)
-def _probe(arr, s, e, h, lower, slots, ent_hash, key_start, key_pool, key_low):
-    """Entry of arr[s:e] (ASCII-lowercased if `lower`) in the table, or -(slot + 1) for the
-    empty slot to use. Lowercased keys and raw keys live apart (`key_low`)."""
-    mask = len(slots) - 1
-    j = np.int64(h & np.uint64(mask))
-    n = e - s
-    while True:
-        k = slots[j]
-        if k < 0:
-            return -(j + 1)
-        if ent_hash[k] == h and key_low[k] == lower and key_start[k + 1] - key_start[k] == n:
-            ks = key_start[k]
-            same = True
-            for i in range(n):
-                c = arr[s + i]
-                if lower and 65 <= c <= 90:
-                    c += 32
-                if key_pool[ks + i] != c:
-                    same = False
-                    break
-            if same:
-                return k
-        j = (j + 1) & mask
 
 
 @njit(cache=True)
@@ -292,36 +264,6 @@ def _scan(arr, ws, slots, ent_hash, key_start, key_pool, key_low, n_ent):
         m += 1
         i = j
     return r_start[:m], r_end[:m], r_kind[:m], r_ent[:m], r_mark[:m], new_runs[:n_new]
-
-
-@njit(cache=True)
-def _insert(keys, offsets, lows, slots, ent_hash, key_start, key_pool, key_low, first):
-    """Add keys[offsets[i]:offsets[i+1]] as entries first, first+1, ... (capacity is ready).
-
-    Lowercased keys (lows[i]) must come already lowercased."""
-    for i in range(len(offsets) - 1):
-        s, e = offsets[i], offsets[i + 1]
-        h = _hash(keys, s, e)
-        k = _probe(keys, s, e, h, lows[i], slots, ent_hash, key_start, key_pool, key_low)
-        ent = first + i
-        ks = key_start[ent]
-        key_pool[ks : ks + e - s] = keys[s:e]
-        key_start[ent + 1] = ks + e - s
-        ent_hash[ent] = h
-        key_low[ent] = lows[i]
-        slots[-k - 1] = ent
-
-
-@njit(cache=True)
-def _rehash(n_ent, size, ent_hash):
-    slots = np.full(size, -1, np.int32)
-    mask = size - 1
-    for k in range(n_ent):
-        j = np.int64(ent_hash[k] & np.uint64(mask))
-        while slots[j] >= 0:
-            j = (j + 1) & mask
-        slots[j] = k
-    return slots
 
 
 @njit(cache=True)
@@ -472,6 +414,97 @@ def _concat(pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return flat.astype(np.int32, copy=False), offsets
 
 
+class _PlainRuns:
+    """The numba path for new plain ASCII runs (ascii_split), with the tables it shares
+    with a Tokenizer: tokens, replace_wrep words, special cases, final-pass patterns."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok = tok
+        # every token a special case or a pattern can produce gets its id now, so the
+        # kernel knows them by id
+        keys = list(SPECIALS)
+        values = [tok._ids_of(list(SPECIALS[k])) for k in keys]
+        self.spec = StringTable(keys)
+        self.spec_val = _csr(values)
+        # a pattern replaced by its own tokens changes nothing (and what it blocks still
+        # has to match to change anything): the kernel need not look for it
+        pats = sorted(p for p, v in PATTERNS.items() if tuple(v) != p)
+        pat_ids = [tok._ids_of(list(p)) for p in pats]
+        by_first: dict[int, list[int]] = {}
+        for k, ids in enumerate(pat_ids):
+            by_first.setdefault(ids[0], []).append(k)
+        n_first = max(by_first, default=-1) + 1
+        lists = [by_first.get(t, []) for t in range(n_first)]
+        starts, flat = _csr(lists)
+        offsets, ids = _csr(pat_ids)
+        self.pats = (starts.astype(np.int32), flat, offsets, ids)
+        first = [tok._token_id(t) for t in _BY_FIRST]
+        last = [tok._token_id(t) for t in _BY_LAST]
+        n = max(first + last, default=-1) + 1
+        self.edges = (np.zeros(n, np.bool_), np.zeros(n, np.bool_))
+        self.edges[0][first] = True
+        self.edges[1][last] = True
+        self.extra = max((len(v) - 1 for v in SPECIALS.values()), default=0)
+        self.tokens = StringTable(tok.tokens)
+        self.words = StringTable()
+        self.classes, self.prefix, self.suffix, self.infix = ascii_split.COMPILED
+
+    def fill(self, ents: np.ndarray) -> np.ndarray:
+        """Values of the plain-run entries `ents` (keys lowercased); which were done."""
+        tok = self.tok
+        if len(ents) == 0:
+            return np.zeros(0, np.bool_)
+        self.tokens.add(tok.tokens[self.tokens.n :])  # what Python added meanwhile
+        self.words.add(tok._word_list[self.words.n :])
+        n_chars = int((tok._key_start[ents + 1] - tok._key_start[ents]).sum())
+        self.tokens.reserve(n_chars, n_chars)
+        self.words.reserve(len(ents), n_chars)
+        status, ids, off, wid, stem, edge, n_tok, n_word = ascii_split.split_runs(
+            ents, tok._key_start, tok._key_pool, self.classes, self.prefix, self.suffix,
+            self.infix, self.spec.arrays, self.spec_val, self.tokens.arrays, self.tokens.n,
+            self.words.arrays, self.words.n, self.pats, self.edges, self.extra,
+        )  # fmt: skip
+        new = self.tokens.strings(self.tokens.n, n_tok)
+        tok._ids.update(zip(new, range(len(tok.tokens), len(tok.tokens) + len(new))))
+        tok.tokens.extend(new)
+        self.tokens.n = n_tok
+        new = self.words.strings(self.words.n, n_word)
+        tok._words.update(zip(new, range(len(tok._word_list), n_word)))
+        tok._word_list.extend(new)
+        self.words.n = n_word
+        done = status == 0
+        ent = ents[done]
+        end = tok._n_tok + len(ids)
+        if end > len(tok._tok_pool):
+            tok._tok_pool = np.resize(tok._tok_pool, max(end, 2 * len(tok._tok_pool)))
+        tok._tok_pool[tok._n_tok : end] = ids
+        starts = tok._n_tok + off[:-1][done]
+        lens = np.diff(off)[done]
+        tok._n_tok = end
+        for v in (0, 1):  # no rule-made spaces: the same ids before the final pass
+            tok._val_start[ent, v] = starts
+            tok._val_len[ent, v] = lens
+        for name in ("_lead", "_wdup", "_wmulti"):
+            getattr(tok, name)[ent] = False
+        tok._wfirst[ent] = wid[done]
+        tok._wlast[ent] = wid[done]
+        tok._wstem[ent] = stem[done]
+        links = np.zeros((len(ents), 2), np.int32)
+        toks = tok.tokens
+        for r in np.flatnonzero(edge & done).tolist():
+            links[r] = tok._link_ids([toks[i] for i in ids[off[r] : off[r + 1]].tolist()])
+        tok._link_first[ent] = links[done, 0]
+        tok._link_last[ent] = links[done, 1]
+        return done
+
+
+def _csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(lists) + 1, np.int64)
+    np.cumsum([len(x) for x in lists], out=offsets[1:])
+    flat = np.array([i for x in lists for i in x], np.int32)
+    return offsets, flat
+
+
 class Tokenizer:
     """Per-process tokenizer: fastai's rules, spaCy-compatible splitting, local ids.
 
@@ -483,6 +516,7 @@ class Tokenizer:
         self.tokens: list[str] = list(SPECIAL_TOKENS)
         self._ids: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
         self._words: dict[str, int] = {}
+        self._word_list: list[str] = []  # self._words' keys in id order
         self._n = 0  # entries in the run table
         self._grow_entries(1 << 14)
         self._slots = np.full(1 << 15, -1, np.int32)
@@ -500,7 +534,8 @@ class Tokenizer:
         tables = (self._slots, self._ent_hash, self._key_start, self._key_pool, self._key_low)
         _insert(space, np.array([0, 1], np.int64), np.zeros(1, np.bool_), *tables, 0)
         self._n = 1
-        self._fill(0, [(1, " ")])
+        self._fill(np.zeros(1, np.int64), [(1, " ")])
+        self._plain = _PlainRuns(self) if ascii_split.COMPILED is not None else None
 
     # -- storage
 
@@ -570,13 +605,20 @@ class Tokenizer:
         m = _WORD.match(word)
         return -1 if m is None else self._word_id(m.group())
 
+    def _word_key(self, word: str) -> int:
+        i = self._words.get(word)
+        if i is None:
+            i = self._words[word] = len(self._word_list)
+            self._word_list.append(word)
+        return i
+
     def _word_id(self, word: str) -> int:
         """Id of a replace_wrep candidate word, case folded: runs looked up lowercased only
         know their words in lowercase, so all are compared so (more candidates, never fewer)."""
         if not _WORD.fullmatch(word):
             return -1
         word = word.lower()
-        return self._words.setdefault(word, len(self._words))
+        return self._word_key(word.lower())
 
     # -- one run, the slow way
 
@@ -600,7 +642,7 @@ class Tokenizer:
         if _LETTER_WORDS_PLAIN and low.isalpha():  # ASCII letters (about 40% of new runs)
             word = SPECIALS.get(low, (low,))
             ids = self._ids_of(word)
-            wid = self._words.setdefault(low, len(self._words))
+            wid = self._word_key(low)
             return ids, ids, False, *self._link_ids(word), wid, wid, False, wid, False
         if _LETTER_WORDS_PLAIN and low[:-1].isalpha() and low not in SPECIALS:
             pre = _letters_then_one(low)
@@ -610,7 +652,7 @@ class Tokenizer:
                 pre_ids = ids if toks is pre else self._ids_of(pre)
                 wid = self._word_id(low)
                 # not all word characters: the stem is the letters
-                stem = wid if wid >= 0 else self._words.setdefault(low[:-1], len(self._words))
+                stem = wid if wid >= 0 else self._word_key(low[:-1])
                 return ids, pre_ids, False, *self._link_ids(pre), wid, wid, False, stem, False
         toks, pre, first, last = self._split(low, cached=False)  # the run table caches it
         wid = self._word_id(low)  # lowercase: more replace_wrep candidates, never fewer
@@ -663,8 +705,8 @@ class Tokenizer:
         if n_keys > len(self._key_pool):
             self._key_pool = np.resize(self._key_pool, max(n_keys, 2 * len(self._key_pool)))
 
-    def _fill(self, first: int, runs: list[tuple[int, str]]) -> None:
-        """Values of the new entries first, first+1, ... from their (kind, key)."""
+    def _fill(self, ents: np.ndarray, runs: list[tuple[int, str]]) -> None:
+        """Values of the new entries `ents` from their (kind, key)."""
         todo = {1: self._space_run, 0: self._text_run, 3: self._lower_run}
         vals = [todo[kind](key) for kind, key in runs]
         flat: list[int] = []
@@ -680,7 +722,7 @@ class Tokenizer:
         self._tok_pool[self._n_tok : end] = flat
         lens = np.array(lens, np.int64).reshape(-1, 2)
         starts = np.cumsum(lens.ravel()).reshape(-1, 2) - lens + self._n_tok
-        sl = slice(first, first + len(runs))
+        sl = ents
         self._val_start[sl] = starts
         self._val_len[sl] = lens
         self._n_tok = end
@@ -718,12 +760,16 @@ class Tokenizer:
         first = self._n
         r_start, r_end, r_kind, r_ent, r_mark, new = _scan(arr, _WS, *tables, first)
         if len(new):
+            self._n = first + len(new)
+            if self._plain is not None:  # plain ASCII runs in numba; what it leaves, below
+                plain = new[r_kind[new] == 3]
+                done = self._plain.fill(r_ent[plain])
+                new = np.setdiff1d(new, plain[done], assume_unique=True)
             runs = [
                 (k, joined[s:e].lower() if k == 3 else joined[s:e])
                 for k, s, e in zip(r_kind[new].tolist(), r_start[new].tolist(), r_end[new].tolist())
             ]
-            self._n = first + len(runs)
-            self._fill(first, runs)
+            self._fill(r_ent[new], runs)
         ids, offsets, flags = _assemble(
             r_kind, r_ent, r_mark, self._val_start, self._val_len, self._lead, self._link_first,
             self._link_last, self._compat, self._wfirst, self._wlast, self._wdup, self._wstem,
