@@ -185,7 +185,7 @@ class _Growable:
         self.data = np.zeros(1024, np.int32)
         self.size = 0
 
-    def extend(self, values: list[int]) -> None:
+    def extend(self, values: np.ndarray) -> None:
         n = self.size + len(values)
         if n > len(self.data):
             grown = np.zeros(max(n, 2 * len(self.data)), np.int32)
@@ -226,9 +226,9 @@ class Collector:
         if m.size != start:
             raise RuntimeError(f"token table {table}: got entries from {start}, have {m.size}")
         index = self._index
-        add = index.setdefault
-        # setdefault gives the existing union id, or inserts len(index) (the next id).
-        m.extend([add(t, len(index)) for t in new])
+        missing = [t for t in new if t not in index]  # a worker's new entries are distinct
+        index.update(zip(missing, range(len(index), len(index) + len(missing))))
+        m.extend(np.fromiter(map(index.__getitem__, new), np.int32, len(new)))
 
     def add_docs(
         self,

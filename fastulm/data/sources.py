@@ -20,6 +20,11 @@ from typing import NamedTuple
 
 from fastulm.data import DataError
 
+try:  # ISA-L's inflate: about 3x faster than zlib's, a third of reading the IMDB archive
+    from isal import isal_zlib as _gzip
+except ImportError:  # optional: zlib gives the same bytes
+    _gzip = zlib
+
 IMDB_SPLITS = ("train", "test", "unsup")
 TABLE_SPLITS = ("train", "valid")
 IMDB_LABELS = ["neg", "pos"]
@@ -225,7 +230,7 @@ def _chunks(
             yield from iter(take, b"")
             return
         new = {
-            "gz": lambda: zlib.decompressobj(31),
+            "gz": lambda: _gzip.decompressobj(31),
             "bz2": bz2.BZ2Decompressor,
             "xz": lzma.LZMADecompressor,
         }[fmt]
@@ -373,7 +378,7 @@ def _open_archive(path: Path) -> Source:
     # Check the stream opens and starts with a tar header before any work starts.
     try:
         first = _Stream(_chunks(path, _archive_format(path))).read(_BLOCK)
-    except (OSError, EOFError, zlib.error, lzma.LZMAError) as err:
+    except (OSError, EOFError, zlib.error, _gzip.error, lzma.LZMAError) as err:
         raise DataError(f"{path}: damaged archive ({err})") from None
     if not _is_tar_header(first):
         raise DataError(f"{path}: not a tar archive")
@@ -389,7 +394,7 @@ def _open_archive(path: Path) -> Source:
                 if key is not None:
                     found = True
                     yield RawRecord(data, key[2], key[1], key[0])
-        except (OSError, EOFError, zlib.error, lzma.LZMAError) as err:
+        except (OSError, EOFError, zlib.error, _gzip.error, lzma.LZMAError) as err:
             raise DataError(f"{path}: damaged archive ({err})") from None
         if not found:
             raise DataError(

@@ -15,15 +15,15 @@ from itertools import pairwise
 import numpy as np
 from numba import njit
 
-_OFFSET = np.uint64(14695981039346656037)  # FNV-1a
-_PRIME = np.uint64(1099511628211)
+FNV_OFFSET = np.uint64(14695981039346656037)  # FNV-1a
+FNV_PRIME = np.uint64(1099511628211)
 
 
 @njit(cache=True)
 def fnv(arr, s, e):
-    h = _OFFSET
+    h = FNV_OFFSET
     for i in range(s, e):
-        h = (h ^ np.uint64(arr[i])) * _PRIME
+        h = (h ^ np.uint64(arr[i])) * FNV_PRIME
     return h
 
 

@@ -44,7 +44,7 @@ from fastulm.text.rules import (
     rm_useless_spaces,
     spec_add_spaces,
 )
-from fastulm.text.table import StringTable
+from fastulm.text.table import FNV_OFFSET, FNV_PRIME, StringTable
 from fastulm.text.table import fnv as _hash
 from fastulm.text.table import insert as _insert
 from fastulm.text.table import probe as _probe
@@ -157,113 +157,111 @@ def _is_ws(c, ws):
 
 
 @njit(cache=True)
-def _scan(arr, ws, slots, ent_hash, key_start, key_pool, key_low, n_ent):
+def _scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
     """Cut the text into runs and look each up.
 
     A run not in the table is added at once (its key only: the caller fills in its values)
-    as entry n_ent, n_ent+1, ...: the table must have room for one entry per run.
-    Returns per run: start, end, kind, entry and marker, then the new entries' runs. Kinds:
+    as entry n_ent, n_ent+1, ...: the table must have room for one entry per run, and `cap`
+    must bound the number of runs. Returns per run: kind, entry and marker; then the new
+    entries' runs, with their start and end in `arr`. Kinds:
     0 text, 1 whitespace, 2 document end (a U+0000 or the end), 3 text looked up in
     lowercase. A run of ASCII without `/#\\` and without a character repeated 3 times is
     untouched by fastai's rules but for replace_all_caps / replace_maj and lowercase: it is
     looked up lowercased, and its marker (xxup 7 / xxmaj 8, or 0) is worked out here.
     """
     n = len(arr)
-    cap = n + 2
-    r_start = np.empty(cap, np.int64)
-    r_end = np.empty(cap, np.int64)
     r_kind = np.empty(cap, np.int8)
     r_ent = np.empty(cap, np.int32)
     r_mark = np.zeros(cap, np.int8)
     new_runs = np.empty(cap, np.int64)
+    new_start = np.empty(cap, np.int64)
+    new_end = np.empty(cap, np.int64)
     n_new = 0
     m = 0
     i = 0
     while i <= n:
         if i == n or arr[i] == 0:
-            r_start[m] = i
-            r_end[m] = i
             r_kind[m] = 2
             r_ent[m] = -1
             m += 1
             i += 1
             continue
-        w = _is_ws(arr[i], ws)
-        j = i + 1
-        while j < n and arr[j] != 0 and _is_ws(arr[j], ws) == w:
-            j += 1
-        kind = 1 if w else 0
-        if w and j == i + 1 and arr[i] == 32:
-            k = 0  # a single space, the commonest run: entry 0 (see Tokenizer.__init__)
-        elif w:
-            k = _probe(
-                arr, i, j, _hash(arr, i, j), False, slots, ent_hash, key_start, key_pool, key_low
-            )
+        c = arr[i]
+        if _is_ws(c, ws):
+            j = i + 1
+            while j < n and arr[j] != 0 and _is_ws(arr[j], ws):
+                j += 1
+            kind = 1
+            if j == i + 1 and c == 32:
+                k = 0  # a single space, the commonest run: entry 0 (see Tokenizer.__init__)
+            else:
+                h = _hash(arr, i, j)
+                k = _probe(arr, i, j, h, False, slots, ent_hash, key_start, key_pool, key_low)
         else:
+            # one pass: the run's end, whether it is plain, and its hash raw and lowercased
             plain = True
             n_up = 0
             n_low = 0
-            h = np.uint64(14695981039346656037)
-            for t in range(i, j):
-                c = arr[t]
-                if c >= 128 or c == 47 or c == 35 or c == 92:
+            h = FNV_OFFSET
+            h_low = FNV_OFFSET
+            j = i
+            while j < n:
+                c = arr[j]
+                if c < 128:
+                    if c <= 32 and (c == 0 or c == 32 or 9 <= c <= 13 or 28 <= c <= 31):
+                        break
+                    low = c
+                    if 65 <= c <= 90:
+                        n_up += 1
+                        low = c + 32
+                    elif 97 <= c <= 122:
+                        n_low += 1
+                    elif c == 47 or c == 35 or c == 92:
+                        plain = False
+                    if j >= i + 2 and c == arr[j - 1] and c == arr[j - 2]:
+                        plain = False
+                else:
+                    if c < 0x3001 and ws[c]:
+                        break
                     plain = False
-                    break
-                if t >= i + 2 and c == arr[t - 1] and c == arr[t - 2]:
-                    plain = False
-                    break
-                if 65 <= c <= 90:
-                    n_up += 1
-                    c += 32
-                elif 97 <= c <= 122:
-                    n_low += 1
-                h = (h ^ np.uint64(c)) * np.uint64(1099511628211)
+                    low = c
+                h = (h ^ np.uint64(c)) * FNV_PRIME
+                h_low = (h_low ^ np.uint64(low)) * FNV_PRIME
+                j += 1
             if plain:
                 kind = 3
+                h = h_low
                 if j - i > 1 and 65 <= arr[i] <= 90:
                     if n_low == 0:
                         r_mark[m] = 7
                     elif n_up == 1:
                         r_mark[m] = 8
-                k = _probe(arr, i, j, h, True, slots, ent_hash, key_start, key_pool, key_low)
             else:
-                k = _probe(
-                    arr,
-                    i,
-                    j,
-                    _hash(arr, i, j),
-                    False,
-                    slots,
-                    ent_hash,
-                    key_start,
-                    key_pool,
-                    key_low,
-                )
+                kind = 0
+            k = _probe(arr, i, j, h, plain, slots, ent_hash, key_start, key_pool, key_low)
         if k < 0:  # new: add the key (lowercased for kind 3) as entry n_ent
-            low = kind == 3
+            lower = kind == 3
             ks = key_start[n_ent]
-            h = np.uint64(14695981039346656037)
             for t in range(i, j):
                 c = arr[t]
-                if low and 65 <= c <= 90:
+                if lower and 65 <= c <= 90:
                     c += 32
                 key_pool[ks + t - i] = c
-                h = (h ^ np.uint64(c)) * np.uint64(1099511628211)
             key_start[n_ent + 1] = ks + j - i
             ent_hash[n_ent] = h
-            key_low[n_ent] = low
+            key_low[n_ent] = lower
             slots[-k - 1] = n_ent
             k = n_ent
             n_ent += 1
             new_runs[n_new] = m
+            new_start[n_new] = i
+            new_end[n_new] = j
             n_new += 1
-        r_start[m] = i
-        r_end[m] = j
         r_kind[m] = kind
         r_ent[m] = k
         m += 1
         i = j
-    return r_start[:m], r_end[:m], r_kind[:m], r_ent[:m], r_mark[:m], new_runs[:n_new]
+    return r_kind[:m], r_ent[:m], r_mark[:m], new_runs[:n_new], new_start[:n_new], new_end[:n_new]
 
 
 @njit(cache=True)
@@ -527,7 +525,7 @@ class Tokenizer:
         self._lsets: dict[frozenset, int] = {frozenset(): 0}
         self._rsets: dict[frozenset, int] = {frozenset(): 0}
         self._compat = np.zeros((1, 1), np.bool_)
-        self._link_memo: dict[tuple[str, str], tuple[int, int]] = {}
+        self._link_memo: tuple[dict, dict] = ({}, {})  # right, left: key -> set id
         # entry 0 is the single space, which _scan uses without a lookup
         self._reserve(1, 1)
         space = np.array([32], np.uint32)
@@ -578,25 +576,27 @@ class Tokenizer:
         return ids
 
     def _link_ids(self, toks) -> tuple[int, int]:
-        """Ids of the run's right / left split sets (0 = none), kept in self._compat."""
+        """Ids of the run's right / left split sets (0 = none), kept in self._compat.
+
+        Each side is memoized on what it looks at: its edge token, and the next two when
+        the edge pair can start (end) a two-token part; a lone token has its own key."""
         first, last = toks[0], toks[-1]
         if first not in _BY_FIRST and last not in _BY_LAST:
             return 0, 0
-        # with no two-token part at either edge, only the edge tokens matter: memoize
-        simple = len(toks) > 1 and (first, toks[1]) not in _FIRST_TWO
-        simple = simple and (toks[-2], last) not in _LAST_TWO
-        if simple:
-            ids = self._link_memo.get((first, last))
-            if ids is not None:
-                return ids
-        right, left = _link_sets(toks)
-        rid = self._rsets.setdefault(right, len(self._rsets))
-        lid = self._lsets.setdefault(left, len(self._lsets))
-        if self._compat.shape != (len(self._lsets), len(self._rsets)):
-            ls, rs = list(self._lsets), list(self._rsets)
-            self._compat = np.array([[bool(a & b) for b in rs] for a in ls], dtype=np.bool_)
-        if simple:
-            self._link_memo[first, last] = (rid, lid)
+        if len(toks) == 1:
+            rkey = lkey = ("1", first)
+        else:
+            rkey = ("h", *toks[:3]) if (first, toks[1]) in _FIRST_TWO else ("f", first)
+            lkey = ("t", *toks[-3:]) if (toks[-2], last) in _LAST_TWO else ("l", last)
+        rmemo, lmemo = self._link_memo
+        rid, lid = rmemo.get(rkey), lmemo.get(lkey)
+        if rid is None or lid is None:
+            right, left = _link_sets(toks)
+            rid = rmemo[rkey] = self._rsets.setdefault(right, len(self._rsets))
+            lid = lmemo[lkey] = self._lsets.setdefault(left, len(self._lsets))
+            if self._compat.shape != (len(self._lsets), len(self._rsets)):
+                ls, rs = list(self._lsets), list(self._rsets)
+                self._compat = np.array([[bool(a & b) for b in rs] for a in ls], dtype=np.bool_)
         return rid, lid
 
     def _stem_id(self, word: str) -> int:
@@ -758,18 +758,21 @@ class Tokenizer:
         self._reserve(n_runs, len(arr))
         tables = (self._slots, self._ent_hash, self._key_start, self._key_pool, self._key_low)
         first = self._n
-        r_start, r_end, r_kind, r_ent, r_mark, new = _scan(arr, _WS, *tables, first)
+        r_kind, r_ent, r_mark, new, new_start, new_end = _scan(arr, _WS, n_runs, *tables, first)
         if len(new):
             self._n = first + len(new)
+            todo = np.ones(len(new), np.bool_)
             if self._plain is not None:  # plain ASCII runs in numba; what it leaves, below
-                plain = new[r_kind[new] == 3]
-                done = self._plain.fill(r_ent[plain])
-                new = np.setdiff1d(new, plain[done], assume_unique=True)
+                plain = np.flatnonzero(r_kind[new] == 3)
+                todo[plain[self._plain.fill(r_ent[new[plain]])]] = False
+            rest = np.flatnonzero(todo)
+            starts, ends = new_start[rest].tolist(), new_end[rest].tolist()
+            kinds = r_kind[new[rest]].tolist()
             runs = [
                 (k, joined[s:e].lower() if k == 3 else joined[s:e])
-                for k, s, e in zip(r_kind[new].tolist(), r_start[new].tolist(), r_end[new].tolist())
+                for k, s, e in zip(kinds, starts, ends)
             ]
-            self._fill(r_ent[new], runs)
+            self._fill(r_ent[new[rest]], runs)
         ids, offsets, flags = _assemble(
             r_kind, r_ent, r_mark, self._val_start, self._val_len, self._lead, self._link_first,
             self._link_last, self._compat, self._wfirst, self._wlast, self._wdup, self._wstem,
