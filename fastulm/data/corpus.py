@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,11 +143,15 @@ def write_corpus(
     """Write a whole corpus atomically; ``meta`` gets the format and per-split counts.
 
     ``out`` may be an ``OutputDir`` claimed before a long job started."""
-    with out if isinstance(out, OutputDir) else OutputDir(out, force) as target:
+    with (
+        out if isinstance(out, OutputDir) else OutputDir(out, force) as target,
+        ThreadPoolExecutor(1) as writer,  # a split is written while the next is built
+    ):
         vocab.save(target.tmp / "vocab.json")
         counts = {}
+        written = []
         for name, batch in splits.items() if isinstance(splits, Mapping) else splits:
-            write_arrow(target.tmp / f"{name}.arrow", batch)
+            written.append(writer.submit(write_arrow, target.tmp / f"{name}.arrow", batch))
             values = numpy_view(batch.column("ids").values)
             n_tok = len(values)
             counts[name] = {
@@ -154,6 +159,8 @@ def write_corpus(
                 "tokens": n_tok,
                 "unknown_rate": float(np.count_nonzero(values == 0) / n_tok) if n_tok else 0.0,
             }
+        for done in written:
+            done.result()
         meta = {"format": FORMAT, **meta, "vocab_size": len(vocab), "splits": counts}
         write_json(target.tmp / "meta.json", meta)
         return target.commit()

@@ -129,14 +129,14 @@ def _worker_init(factory: Callable, child: bool = False) -> None:
     _TOKENIZER, _SENT = factory(), 0
 
 
-def _worker_run(task: tuple[int, list, bool]):
+def _worker_run(task: tuple[int, list, bool, bool]):
     """Tokenize one batch; return local ids, doc lengths, new table entries, bad docs."""
     global _SENT
-    index, items, from_file = task
+    index, items, from_file, is_path = task
     tok = _TOKENIZER
     texts, bad = [], []
     for j, data in enumerate(items):
-        text, not_utf8 = decode_text(data, from_file)
+        text, not_utf8 = decode_text(data, from_file, is_path)
         if not_utf8:
             bad.append(j)
         texts.append(text)
@@ -165,6 +165,7 @@ class Canonical:
     doc_start: np.ndarray
     doc_len: np.ndarray
     perms: dict[str, np.ndarray]  # split -> document indices, sorted by name or row
+    names: np.ndarray  # every document's id (str), in arrival order
 
     def n_tokens(self, split: str) -> int:
         return int(self.doc_len[self.perms[split]].sum())
@@ -249,20 +250,25 @@ class Collector:
         self.non_utf8.extend(records[j][2] for j in bad)
 
     def canonical(self) -> Canonical:
-        """Documents sorted by split, then by name (files) or row (tables).
+        """Documents sorted by split, then by name (files) or row (tables); a document seen
+        twice (overlapping parts) is an error.
 
         Consumes the collected chunks: they are moved into one flat array."""
         rank = {s: i for i, s in enumerate(self.splits)}
         for s in set(self.doc_splits) - set(rank):
             raise DataError(f"unexpected split {s!r}")
-        if self.sort_by == "row":
-            keys = [(rank[s], int(i)) for s, i in zip(self.doc_splits, self.doc_ids)]
-        else:
-            keys = [(rank[s], i) for s, i in zip(self.doc_splits, self.doc_ids)]
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        perms: dict[str, list[int]] = {}
-        for d in order:
-            perms.setdefault(self.doc_splits[d], []).append(d)
+        ranks = np.array([rank[s] for s in self.doc_splits], np.int64)
+        names = np.array(self.doc_ids, dtype=str)  # sorts in code point order, as str does
+        keys = names.astype(np.int64) if self.sort_by == "row" else names
+        order = np.lexsort((keys, ranks))  # stable, like sorted()
+        same = (ranks[order[1:]] == ranks[order[:-1]]) & (keys[order[1:]] == keys[order[:-1]])
+        if same.any():
+            d = order[1:][same][0]
+            raise DataError(
+                f"document {self.doc_splits[d]}/{self.doc_ids[d]} appears twice (overlapping parts?)"
+            )
+        split_of = ranks[order]
+        perms = {s: order[split_of == r] for s, r in rank.items() if (split_of == r).any()}
         doc_len = np.concatenate(self._lengths)
         doc_start = np.zeros(len(doc_len), np.int64)
         np.cumsum(doc_len[:-1], out=doc_start[1:])
@@ -274,21 +280,7 @@ class Collector:
             src[pos : pos + len(c)] = c
             pos += len(c)
             chunks[i] = None
-        return Canonical(
-            src,
-            doc_start,
-            doc_len,
-            {s: np.array(perms[s], np.int64) for s in self.splits if s in perms},
-        )
-
-
-def _check_unique_ids(collector: Collector) -> None:
-    seen: set[tuple[str, str]] = set()
-    for split, doc_id in zip(collector.doc_splits, collector.doc_ids):
-        key = (split, doc_id)
-        if key in seen:
-            raise DataError(f"document {split}/{doc_id} appears twice (overlapping parts?)")
-        seen.add(key)
+        return Canonical(src, doc_start, doc_len, perms, names)
 
 
 def finish(
@@ -301,7 +293,6 @@ def finish(
     """Vocab, numericalization and the corpus files from everything collected."""
     if collector.n_docs == 0:
         raise DataError(f"{collector.source.get('path')}: no documents")
-    _check_unique_ids(collector)
     vocab_from = list(options.vocab_from or collector.splits)
     for s in vocab_from:
         if s not in collector.splits:
@@ -348,8 +339,10 @@ def finish(
         for s, perm in canon.perms.items():  # one split in memory at a time
             check()
             ids, offsets = canon.gather(s, lut)
-            doc_ids = [collector.doc_ids[d] for d in perm]
-            yield s, split_batch(ids, offsets, labels[perm], doc_ids)
+            yield (
+                s,
+                split_batch(ids, offsets, labels[perm], string_array(canon.names[perm].tolist())),
+            )
         check()  # last chance to stop before the corpus is renamed into place
 
     from fastulm import __version__
@@ -370,8 +363,8 @@ def finish(
 
 
 def _batches(
-    records: Iterable[RawRecord], meta: dict[int, list], from_file: bool, seen: dict
-) -> Iterator[tuple[int, list, bool]]:
+    records: Iterable[RawRecord], meta: dict[int, list], from_file: bool, is_path: bool, seen: dict
+) -> Iterator[tuple[int, list, bool, bool]]:
     """Batches of about 512 KB; ``seen`` counts documents read and says when all are."""
     items: list = []
     recs: list = []
@@ -381,15 +374,15 @@ def _batches(
         seen["read"] += 1
         items.append(data)
         recs.append((label, split, doc_id))
-        size += len(data) if not isinstance(data, Path) else 2048
+        size += 2048 if is_path else len(data)
         if size >= _BATCH_BYTES or len(items) >= _BATCH_DOCS:
             meta[index] = recs
-            yield index, items, from_file
+            yield index, items, from_file, is_path
             index, items, recs, size = index + 1, [], [], 0
     seen["all"] = True
     if items:
         meta[index] = recs
-        yield index, items, from_file
+        yield index, items, from_file, is_path
 
 
 def default_workers() -> int:
@@ -422,7 +415,8 @@ def collect(
     meta: dict[int, list] = {}
     from_file = source.sort_by == "id"
     seen = {"read": 0, "all": False}  # an archive's size is known once it has been read
-    tasks = _batches(source.raw_records(num_shards, shard_index), meta, from_file, seen)
+    records = source.raw_records(num_shards, shard_index)
+    tasks = _batches(records, meta, from_file, source.file_paths, seen)
     total = None if source.n_docs is None else len(range(shard_index, source.n_docs, num_shards))
     pool = None
     if workers > 1:

@@ -41,7 +41,8 @@ class Record(NamedTuple):
 
 
 class RawRecord(NamedTuple):
-    """A record whose text may still be bytes or a file path (decoded by the worker)."""
+    """A record whose text may still be bytes or a file's path (decoded by the worker; a
+    source with ``file_paths`` gives paths as str)."""
 
     data: str | bytes | Path
     label: int
@@ -49,15 +50,29 @@ class RawRecord(NamedTuple):
     id: str
 
 
-def decode_text(data: str | bytes | Path, from_file: bool = True) -> tuple[str, bool]:
+def read_file(path: str | os.PathLike) -> bytes:
+    """A file's bytes with plain os calls: 5 us a review file, against 12 for Path.read_bytes."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def decode_text(
+    data: str | bytes | Path, from_file: bool = True, is_path: bool = False
+) -> tuple[str, bool]:
     """UTF-8 text of a review and whether it was *not* valid UTF-8.
 
     Invalid bytes become U+FFFD instead of stopping the run: one damaged review among
     100,000 should not cost the whole job, and meta.json counts (and names) such files.
     Files get universal newlines, as fastai's ``Path.read_text`` gives them.
     """
-    if isinstance(data, Path):
-        data = data.read_bytes()
+    if is_path or isinstance(data, Path):
+        data = read_file(data)
     bad = False
     if isinstance(data, bytes):
         try:
@@ -97,6 +112,8 @@ class Source:
     sort_by: str
     n_docs: int | None = None
     _reader: object = field(default=None, repr=False)
+    #: raw records hold file paths (str) for the worker to read, not texts
+    file_paths: bool = False
     #: for sources of unknown size: how much of the input has been read (0..1), for an ETA
     read_fraction: Callable[[], float] | None = field(default=None, repr=False)
 
@@ -109,7 +126,7 @@ class Source:
     def records(self) -> Iterator[Record]:
         """Decoded records in the source's natural order (not the corpus's sorted order)."""
         for data, label, split, doc_id in self.raw_records():
-            text, _ = decode_text(data, from_file=self.sort_by == "id")
+            text, _ = decode_text(data, self.sort_by == "id", self.file_paths)
             yield Record(text, label, split, doc_id)
 
 
@@ -167,7 +184,7 @@ def _open_folder(path: Path) -> Source:
             f"{path}: no review files (expected train/{{neg,pos}}/*.txt, test/{{neg,pos}}/*.txt"
             " or unsup/*.txt)"
         )
-    files: list[tuple[str, Path, str, int]] = []
+    files: list[tuple[str, str, str, int]] = []
     for rel_dir in ("train/neg", "train/pos", "train/unsup", "test/neg", "test/pos", "unsup"):
         folder = root / rel_dir
         if not folder.is_dir():
@@ -177,7 +194,7 @@ def _open_folder(path: Path) -> Source:
                 rel = f"{rel_dir}/{entry.name}"
                 key = review_key(rel.split("/"))
                 if key is not None and entry.is_file():
-                    files.append((rel, Path(entry.path), *key))
+                    files.append((rel, entry.path, *key))
     if not files:
         raise DataError(f"{path}: no review files (*.txt inside train/neg, train/pos, ...)")
     files.sort(key=lambda f: (IMDB_SPLITS.index(f[2]), f[0]))
@@ -187,7 +204,14 @@ def _open_folder(path: Path) -> Source:
             yield RawRecord(file, label, split, rel)
 
     return Source(
-        str(path), "imdb-folder", IMDB_SPLITS, list(IMDB_LABELS), "id", len(files), reader
+        str(path),
+        "imdb-folder",
+        IMDB_SPLITS,
+        list(IMDB_LABELS),
+        "id",
+        len(files),
+        reader,
+        file_paths=True,
     )
 
 

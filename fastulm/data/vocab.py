@@ -108,7 +108,9 @@ class Vocab:
         return [itos[i] for i in np.asarray(ids, dtype=np.int64).tolist()]
 
     def to_json(self) -> str:
-        return json.dumps(self.itos, ensure_ascii=False, indent=0) + "\n"
+        # one token a line (what indent=0 gives), through the C encoder: indent is Python's
+        body = json.dumps(self.itos, ensure_ascii=False, separators=(",\n", ":"))
+        return "[\n" + body[1:-1] + "\n]\n" if self.itos else "[]\n"
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``path`` atomically (temporary file in the same folder, then rename)."""

@@ -1,8 +1,9 @@
 """Open-addressing string tables that numba kernels probe and grow in place.
 
 A table holds strings as code points (one flat uint32 pool plus start offsets) and a slot
-array of entry numbers; keys are compared code point by code point, never trusted to the
-hash alone. `key_low` marks keys stored ASCII-lowercased (the run table looks plain ASCII
+array; a slot packs 30 bits of the key's hash, its `key_low` flag and the entry number, so
+a probe only reads an entry's key when those match. Keys are compared code point by code
+point, never trusted to the hash alone. `key_low` marks keys stored ASCII-lowercased (the run table looks plain ASCII
 runs up that way); other tables leave it False. Kernels may add entries, but only into
 room the Python side reserved beforehand (`StringTable.reserve`).
 """
@@ -27,6 +28,12 @@ def fnv(arr, s, e):
     return h
 
 
+@njit(cache=True, inline="always")
+def slot_value(h, lower, k):
+    """A slot: the hash's top 30 bits and the lowercase flag above the entry (never < 0)."""
+    return (np.int64(h >> np.uint64(34)) << 33) | (np.int64(lower) << 32) | np.int64(k)
+
+
 @njit(cache=True)
 def probe(arr, s, e, h, lower, slots, ent_hash, key_start, key_pool, key_low):
     """Entry of arr[s:e] (ASCII-lowercased if `lower`) in the table, or -(slot + 1) for the
@@ -34,11 +41,13 @@ def probe(arr, s, e, h, lower, slots, ent_hash, key_start, key_pool, key_low):
     mask = len(slots) - 1
     j = np.int64(h & np.uint64(mask))
     n = e - s
+    tag = slot_value(h, lower, 0)
     while True:
-        k = slots[j]
-        if k < 0:
+        v = slots[j]
+        if v < 0:
             return -(j + 1)
-        if ent_hash[k] == h and key_low[k] == lower and key_start[k + 1] - key_start[k] == n:
+        k = v & 0xFFFFFFFF
+        if v - k == tag and key_start[k + 1] - key_start[k] == n:
             ks = key_start[k]
             same = True
             for i in range(n):
@@ -65,7 +74,7 @@ def intern(arr, s, e, n, slots, ent_hash, key_start, key_pool, key_low):
     key_start[n + 1] = ks + e - s
     ent_hash[n] = h
     key_low[n] = False
-    slots[-k - 1] = n
+    slots[-k - 1] = slot_value(h, False, n)
     return n, n + 1
 
 
@@ -91,18 +100,18 @@ def insert(keys, offsets, lows, slots, ent_hash, key_start, key_pool, key_low, f
         key_start[ent + 1] = ks + e - s
         ent_hash[ent] = h
         key_low[ent] = lows[i]
-        slots[-k - 1] = ent
+        slots[-k - 1] = slot_value(h, lows[i], ent)
 
 
 @njit(cache=True)
-def rehash(n_ent, size, ent_hash):
-    slots = np.full(size, -1, np.int32)
+def rehash(n_ent, size, ent_hash, key_low):
+    slots = np.full(size, -1, np.int64)
     mask = size - 1
     for k in range(n_ent):
         j = np.int64(ent_hash[k] & np.uint64(mask))
         while slots[j] >= 0:
             j = (j + 1) & mask
-        slots[j] = k
+        slots[j] = slot_value(ent_hash[k], key_low[k], k)
     return slots
 
 
@@ -119,7 +128,7 @@ class StringTable:
 
     def __init__(self, strings: Sequence[str] = ()) -> None:
         self.n = 0
-        self.slots = np.full(1 << 10, -1, np.int32)
+        self.slots = np.full(1 << 10, -1, np.int64)
         self.ent_hash = np.zeros(1 << 9, np.uint64)
         self.key_start = np.zeros((1 << 9) + 1, np.int64)
         self.key_pool = np.zeros(1 << 12, np.uint32)
@@ -144,7 +153,7 @@ class StringTable:
             size = len(self.slots)
             while 2 * need > size:
                 size *= 2
-            self.slots = rehash(self.n, size, self.ent_hash)
+            self.slots = rehash(self.n, size, self.ent_hash, self.key_low)
         n_keys = self.key_start[self.n] + n_chars
         if n_keys > len(self.key_pool):
             self.key_pool = np.resize(self.key_pool, max(n_keys, 2 * len(self.key_pool)))

@@ -49,6 +49,7 @@ from fastulm.text.table import fnv as _hash
 from fastulm.text.table import insert as _insert
 from fastulm.text.table import probe as _probe
 from fastulm.text.table import rehash as _rehash
+from fastulm.text.table import slot_value as _slot_value
 from fastulm.text.words import (
     LETTERS_PASS_THROUGH,
     PATTERNS,
@@ -193,10 +194,10 @@ def _scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
                 j += 1
             kind = 1
             if j == i + 1 and c == 32:
-                k = 0  # a single space, the commonest run: entry 0 (see Tokenizer.__init__)
-            else:
-                h = _hash(arr, i, j)
-                k = _probe(arr, i, j, h, False, slots, ent_hash, key_start, key_pool, key_low)
+                i = j  # a single space, the commonest run, is left implicit (entry 0)
+                continue
+            h = _hash(arr, i, j)
+            k = _probe(arr, i, j, h, False, slots, ent_hash, key_start, key_pool, key_low)
         else:
             # one pass: the run's end, whether it is plain, and its hash raw and lowercased
             plain = True
@@ -250,7 +251,7 @@ def _scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
             key_start[n_ent + 1] = ks + j - i
             ent_hash[n_ent] = h
             key_low[n_ent] = lower
-            slots[-k - 1] = n_ent
+            slots[-k - 1] = _slot_value(h, lower, n_ent)
             k = n_ent
             n_ent += 1
             new_runs[n_new] = m
@@ -290,11 +291,12 @@ def _assemble(
     the same word twice in a row, then a word starting with it).
     Entries hold two values: [0] as is, [1] for whitespace followed by a rule-made space.
     """
+    space = max(val_len[0, 0], val_len[0, 1])  # entry 0: the implicit single space
     total = n_docs + len(r_kind)
     for r in range(len(r_kind)):
         if r_kind[r] != 2:
             e = r_ent[r]
-            total += max(val_len[e, 0], val_len[e, 1])
+            total += max(val_len[e, 0], val_len[e, 1]) + space
     out = np.empty(total, np.int32)
     offsets = np.zeros(n_docs + 1, np.int64)
     flags = np.zeros(n_docs, np.int8)
@@ -350,7 +352,7 @@ def _assemble(
                 out[o] = tok_pool[s + t]
                 o += 1
             prev = e
-            pend = -1
+            pend = 0  # a single space unless a whitespace run says otherwise
     return out[:o], offsets, flags
 
 
@@ -358,10 +360,11 @@ def _assemble(
 def _pre_tokens(r_kind, r_ent, r_mark, lo, hi, val_start, val_len, lead, tok_pool, bos):
     """One document's ids before the final special-case pass, and the spaCy-level run each
     token belongs to (the input of words.special_pass); runs lo..hi-1 as _assemble."""
+    space = max(val_len[0, 0], val_len[0, 1])  # entry 0: the implicit single space
     total = 1
     for r in range(lo, hi):
         e = r_ent[r]
-        total += 1 + max(val_len[e, 0], val_len[e, 1])
+        total += 1 + max(val_len[e, 0], val_len[e, 1]) + space
     ids = np.empty(total, np.int32)
     owner = np.empty(total, np.int32)
     ids[0] = bos
@@ -399,6 +402,7 @@ def _pre_tokens(r_kind, r_ent, r_mark, lo, hi, val_start, val_len, lead, tok_poo
                 owner[o] = k
                 o += 1
         prev = e
+        pend = 0  # a single space unless a whitespace run says otherwise
     return ids[:o], owner[:o]
 
 
@@ -517,7 +521,7 @@ class Tokenizer:
         self._word_list: list[str] = []  # self._words' keys in id order
         self._n = 0  # entries in the run table
         self._grow_entries(1 << 14)
-        self._slots = np.full(1 << 15, -1, np.int32)
+        self._slots = np.full(1 << 15, -1, np.int64)
         self._key_pool = np.zeros(1 << 17, np.uint32)
         self._tok_pool = np.zeros(1 << 17, np.int32)
         self._n_tok = 0
@@ -700,7 +704,7 @@ class Tokenizer:
             size = len(self._slots)
             while 2 * need > size:
                 size *= 2
-            self._slots = _rehash(self._n, size, self._ent_hash)
+            self._slots = _rehash(self._n, size, self._ent_hash, self._key_low)
         n_keys = self._key_start[self._n] + n_chars
         if n_keys > len(self._key_pool):
             self._key_pool = np.resize(self._key_pool, max(n_keys, 2 * len(self._key_pool)))
