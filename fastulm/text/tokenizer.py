@@ -55,6 +55,7 @@ from fastulm.text.words import (
     PATTERNS,
     SPECIALS,
     TOKEN_MATCH_PATTERN_SET,
+    pre_tokens,
     prefix_len,
     run_tokens,
     special_pass,
@@ -406,6 +407,71 @@ def _pre_tokens(r_kind, r_ent, r_mark, lo, hi, val_start, val_len, lead, tok_poo
     return ids[:o], owner[:o]
 
 
+@njit(cache=True)
+def _special_pass(ids, owner, pf_start, pf_list, p_off, p_ids, r_off, r_ids):
+    """words.special_pass on token ids: every pattern match, longest first (leftmost first
+    among equals), kept when its first and last tokens are unclaimed, replaced when it lies
+    in one spaCy run (`owner`); patterns by first token id (pf_start/pf_list), their tokens
+    (p_off/p_ids) and replacements (r_off/r_ids)."""
+    n = len(ids)
+    m_start = np.empty(4 * n + 4, np.int64)
+    m_pat = np.empty(4 * n + 4, np.int64)
+    m_len = np.empty(4 * n + 4, np.int64)
+    n_m = 0
+    longest = 0
+    for i in range(n):
+        t = ids[i]
+        if t < 0 or t + 1 >= len(pf_start):
+            continue
+        for q in range(pf_start[t], pf_start[t + 1]):
+            pt = pf_list[q]
+            size = p_off[pt + 1] - p_off[pt]
+            if i + size > n:
+                continue
+            same = True
+            for x in range(size):
+                if ids[i + x] != p_ids[p_off[pt] + x]:
+                    same = False
+                    break
+            if same:
+                if n_m == len(m_start):
+                    m_start = np.concatenate((m_start, np.empty(n_m, np.int64)))
+                    m_pat = np.concatenate((m_pat, np.empty(n_m, np.int64)))
+                    m_len = np.concatenate((m_len, np.empty(n_m, np.int64)))
+                m_start[n_m] = i
+                m_pat[n_m] = pt
+                m_len[n_m] = size
+                longest = max(longest, size)
+                n_m += 1
+    if n_m == 0:
+        return ids
+    key = (longest - m_len[:n_m]) * (n + 1) + m_start[:n_m]
+    order = np.argsort(key, kind="mergesort")
+    seen = np.zeros(n, np.bool_)
+    kept_pat = np.full(n, -1, np.int64)  # by start position
+    for k in order:
+        s = m_start[k]
+        e = s + m_len[k]
+        if not seen[s] and not seen[e - 1] and owner[s] == owner[e - 1]:
+            kept_pat[s] = m_pat[k]
+        seen[s:e] = True
+    out = np.empty(n + len(r_ids) * n_m, np.int32)
+    o = 0
+    i = 0
+    while i < n:
+        pt = kept_pat[i]
+        if pt < 0:
+            out[o] = ids[i]
+            o += 1
+            i += 1
+            continue
+        for x in range(r_off[pt], r_off[pt + 1]):
+            out[o] = r_ids[x]
+            o += 1
+        i += p_off[pt + 1] - p_off[pt]
+    return out[:o]
+
+
 # ---------------------------------------------------------------------------- the tokenizer
 
 
@@ -537,6 +603,7 @@ class Tokenizer:
         _insert(space, np.array([0, 1], np.int64), np.zeros(1, np.bool_), *tables, 0)
         self._n = 1
         self._fill(np.zeros(1, np.int64), [(1, " ")])
+        self._pass = self._pass_tables()
         self._plain = _PlainRuns(self) if ascii_split.COMPILED is not None else None
 
     # -- storage
@@ -735,12 +802,25 @@ class Tokenizer:
         for k, name in enumerate(names, 2):
             getattr(self, name)[sl] = [v[k] for v in vals]
 
+    def _pass_tables(self) -> tuple:
+        """words.PATTERNS by token id, for _special_pass."""
+        pats = sorted(PATTERNS)
+        pat_ids = [self._ids_of(list(p)) for p in pats]
+        by_first: dict[int, list[int]] = {}
+        for k, ids in enumerate(pat_ids):
+            by_first.setdefault(ids[0], []).append(k)
+        starts, flat = _csr([by_first.get(t, []) for t in range(max(by_first, default=-1) + 1)])
+        p_off, p_ids = _csr(pat_ids)
+        r_off, r_ids = _csr([self._ids_of(list(PATTERNS[p])) for p in pats])
+        return starts, flat, p_off, p_ids, r_off, r_ids
+
     # -- documents
 
     def _exact_ids(self, text: str) -> np.ndarray:
         """The slow, whole-document path (always exact)."""
-        toks = split_words(apply_rules(text), self._split_cache)
-        return np.array([self._token_id(replace_space(t)) for t in toks], dtype=np.int32)
+        toks, owner = pre_tokens(apply_rules(text), self._split_cache)
+        ids = np.array([self._token_id(replace_space(t)) for t in toks], dtype=np.int32)
+        return _special_pass(ids, np.array(owner, np.int32), *self._pass)
 
     def _relink(self, r_kind, r_ent, r_mark, lo: int, hi: int) -> np.ndarray:
         """Ids of the document made of runs lo..hi-1, with the document-wide special-case
@@ -749,9 +829,7 @@ class Tokenizer:
             r_kind, r_ent, r_mark, lo, hi, self._val_start, self._val_len, self._lead,
             self._tok_pool, self._ids[BOS],
         )  # fmt: skip
-        toks = self.tokens
-        out = special_pass([toks[i] for i in ids.tolist()], owner.tolist())
-        return np.array([self._token_id(t) for t in out], np.int32)
+        return _special_pass(ids, owner, *self._pass)
 
     def _encode_fixed(self, fixed: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Ids and offsets of HTML-fixed texts, and the documents that need the slow path."""

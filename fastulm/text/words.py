@@ -465,15 +465,20 @@ def run_tokens(run: str, cache: dict | None = None) -> list[str]:
     return toks
 
 
-def split_words(text: str, cache: dict | None = None) -> list[str]:
-    """spaCy-English-compatible tokens of `text` (whitespace runs other than one space kept).
-
-    `cache` (a dict owned by the caller) keeps each run's tokens for reuse.
-    """
+def pre_tokens(text: str, cache: dict | None = None) -> tuple[list[str], list[int]]:
+    """Tokens of `text` before the final special-case pass, and the run each belongs to."""
     tokens: list[str] = []
     owner: list[int] = []
     for k, run in enumerate(_runs(text)):
         toks = run_tokens(run, cache)
         tokens.extend(toks)
         owner.extend([k] * len(toks))
-    return special_pass(tokens, owner)
+    return tokens, owner
+
+
+def split_words(text: str, cache: dict | None = None) -> list[str]:
+    """spaCy-English-compatible tokens of `text` (whitespace runs other than one space kept).
+
+    `cache` (a dict owned by the caller) keeps each run's tokens for reuse.
+    """
+    return special_pass(*pre_tokens(text, cache))
