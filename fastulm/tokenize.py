@@ -13,6 +13,7 @@ SRC is an aclImdb folder, its .tar.gz, a fastai-layout folder, a CSV or Parquet 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -126,6 +127,9 @@ class StopRequest:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # Nothing here multiplies matrices: without this, numpy's OpenBLAS starts a thread pool
+    # in every process, whose idle spinning costs CPU the workers need.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # Ctrl-C and SIGTERM stop the run at its next safe point; temporary output is removed.
     stop = StopRequest()
     stop.install()

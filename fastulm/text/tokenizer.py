@@ -512,6 +512,13 @@ class _PlainRuns:
         self.edges = (np.zeros(n, np.bool_), np.zeros(n, np.bool_))
         self.edges[0][first] = True
         self.edges[1][last] = True
+        # _link_ids by token ids: the edge pairs that can start / end a two-token part, the
+        # tokens that can start / end any part, and a memo per side keyed as _link_ids does
+        two = tok._token_id
+        self.first_two = {(two(a), two(b)) for a, b in _FIRST_TWO}
+        self.last_two = {(two(a), two(b)) for a, b in _LAST_TWO}
+        self.by_first, self.by_last = set(first), set(last)
+        self.link_memo: tuple[dict, dict] = ({}, {})
         self.extra = max((len(v) - 1 for v in SPECIALS.values()), default=0)
         self.tokens = StringTable(tok.tokens)
         self.words = StringTable()
@@ -558,12 +565,43 @@ class _PlainRuns:
         tok._wlast[ent] = wid[done]
         tok._wstem[ent] = stem[done]
         links = np.zeros((len(ents), 2), np.int32)
-        toks = tok.tokens
-        for r in np.flatnonzero(edge & done).tolist():
-            links[r] = tok._link_ids([toks[i] for i in ids[off[r] : off[r + 1]].tolist()])
+        rows = np.flatnonzero(edge & done).tolist()
+        if rows:
+            links[rows] = self._links(ids.tolist(), off.tolist(), rows)
         tok._link_first[ent] = links[done, 0]
         tok._link_last[ent] = links[done, 1]
         return done
+
+    def _links(self, ids: list[int], off: list[int], rows: list[int]) -> list[tuple[int, int]]:
+        """Tokenizer._link_ids of the runs ids[off[r]:off[r+1]], memoized on token ids."""
+        rmemo, lmemo = self.link_memo
+        first_two, last_two = self.first_two, self.last_two
+        by_first, by_last = self.by_first, self.by_last
+        toks = self.tok.tokens
+        out = []
+        for r in rows:
+            a, b = off[r], off[r + 1]
+            first, last = ids[a], ids[b - 1]
+            if b - a == 1:
+                rkey = lkey = (0, first)
+            else:
+                second, before = ids[a + 1], ids[b - 2]
+                if (first, second) in first_two:
+                    rkey = (2, first, second, ids[a + 2] if b - a > 2 else -1)
+                else:
+                    rkey = (1, first)
+                if (before, last) in last_two:
+                    lkey = (2, ids[b - 3] if b - a > 2 else -1, before, last)
+                else:
+                    lkey = (1, last)
+            # a side whose edge token starts (ends) no part at all has the empty set
+            rid = 0 if rkey[0] < 2 and first not in by_first else rmemo.get(rkey)
+            lid = 0 if lkey[0] < 2 and last not in by_last else lmemo.get(lkey)
+            if rid is None or lid is None:
+                rid, lid = self.tok._link_ids([toks[i] for i in ids[a:b]])
+                rmemo[rkey], lmemo[lkey] = rid, lid
+            out.append((rid, lid))
+        return out
 
 
 def _csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
