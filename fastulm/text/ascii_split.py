@@ -411,7 +411,7 @@ def url_match(a, lo, hi):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def split_runs(ents, key_start, a, cls, pre_pat, suf_pat, inf_pat, spec, spec_val, tok, n_tok, words, n_word,
                pats, link_edges, extra):  # fmt: skip
     """words.py's split (plus the final pass) of runs a[key_start[e]:key_start[e+1]] for the

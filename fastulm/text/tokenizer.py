@@ -158,7 +158,7 @@ def _is_ws(c, ws):
     return c < 0x3001 and ws[c]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
     """Cut the text into runs and look each up.
 
@@ -266,7 +266,7 @@ def _scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
     return r_kind[:m], r_ent[:m], r_mark[:m], new_runs[:n_new], new_start[:n_new], new_end[:n_new]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _assemble(
     r_kind,
     r_ent,
@@ -357,7 +357,7 @@ def _assemble(
     return out[:o], offsets, flags
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pre_tokens(r_kind, r_ent, r_mark, lo, hi, val_start, val_len, lead, tok_pool, bos):
     """One document's ids before the final special-case pass, and the spaCy-level run each
     token belongs to (the input of words.special_pass); runs lo..hi-1 as _assemble."""
@@ -407,7 +407,7 @@ def _pre_tokens(r_kind, r_ent, r_mark, lo, hi, val_start, val_len, lead, tok_poo
     return ids[:o], owner[:o]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _special_pass(ids, owner, pf_start, pf_list, p_off, p_ids, r_off, r_ids):
     """words.special_pass on token ids: every pattern match, longest first (leftmost first
     among equals), kept when its first and last tokens are unclaimed, replaced when it lies
