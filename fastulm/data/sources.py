@@ -184,24 +184,29 @@ def _open_folder(path: Path) -> Source:
             f"{path}: no review files (expected train/{{neg,pos}}/*.txt, test/{{neg,pos}}/*.txt"
             " or unsup/*.txt)"
         )
-    files: list[tuple[str, str, str, int]] = []
+    # (split, label) follow from the folder: each folder's names are sorted once, and the
+    # folders put in canonical order (split, then path)
+    groups = []
     for rel_dir in ("train/neg", "train/pos", "train/unsup", "test/neg", "test/pos", "unsup"):
         folder = root / rel_dir
-        if not folder.is_dir():
+        key = review_key([*rel_dir.split("/"), "0_0.txt"])
+        if key is None or not folder.is_dir():
             continue
         with os.scandir(folder) as it:
-            for entry in it:
-                rel = f"{rel_dir}/{entry.name}"
-                key = review_key(rel.split("/"))
-                if key is not None and entry.is_file():
-                    files.append((rel, entry.path, *key))
-    if not files:
+            names = [
+                e.name for e in it if e.name.endswith(".txt") and len(e.name) > 4 and e.is_file()
+            ]
+        names.sort()
+        groups.append((IMDB_SPLITS.index(key[0]), rel_dir, str(folder), *key, names))
+    groups.sort(key=lambda g: g[:2])
+    n_files = sum(len(g[-1]) for g in groups)
+    if not n_files:
         raise DataError(f"{path}: no review files (*.txt inside train/neg, train/pos, ...)")
-    files.sort(key=lambda f: (IMDB_SPLITS.index(f[2]), f[0]))
 
     def reader() -> Iterator[RawRecord]:
-        for rel, file, split, label in files:
-            yield RawRecord(file, label, split, rel)
+        for _, rel_dir, folder, split, label, names in groups:
+            for name in names:
+                yield RawRecord(f"{folder}/{name}", label, split, f"{rel_dir}/{name}")
 
     return Source(
         str(path),
@@ -209,7 +214,7 @@ def _open_folder(path: Path) -> Source:
         IMDB_SPLITS,
         list(IMDB_LABELS),
         "id",
-        len(files),
+        n_files,
         reader,
         file_paths=True,
     )
