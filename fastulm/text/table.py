@@ -14,7 +14,11 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 import numpy as np
-from numba import njit
+from llvmlite import binding as _llvm
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 FNV_OFFSET = np.uint64(14695981039346656037)  # FNV-1a
 FNV_PRIME = np.uint64(1099511628211)
@@ -26,6 +30,30 @@ def fnv(arr, s, e):
     for i in range(s, e):
         h = (h ^ np.uint64(arr[i])) * FNV_PRIME
     return h
+
+
+# llvm.prefetch's pointer argument is typed (i8*) before LLVM 15, opaque (ptr) after
+_PREFETCH = "llvm.prefetch.p0" if _llvm.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Ask the CPU to start loading arr[idx] (a hint: nothing is read or checked). Probes
+    of a big table miss the cache; fetching a few lookups ahead overlaps those misses."""
+
+    def codegen(context, builder, signature, args):
+        arr_type = signature.args[0]
+        array = context.make_array(arr_type)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, arr_type, array, [args[1]])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH
+        )
+        # read access, high temporal locality, data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx), codegen
 
 
 @njit(cache=True, inline="always")

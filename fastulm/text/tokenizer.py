@@ -47,6 +47,7 @@ from fastulm.text.rules import (
 from fastulm.text.table import FNV_OFFSET, FNV_PRIME, StringTable
 from fastulm.text.table import fnv as _hash
 from fastulm.text.table import insert as _insert
+from fastulm.text.table import prefetch as _prefetch
 from fastulm.text.table import probe as _probe
 from fastulm.text.table import rehash as _rehash
 from fastulm.text.table import slot_value as _slot_value
@@ -175,16 +176,17 @@ def _scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
     r_kind = np.empty(cap, np.int8)
     r_ent = np.empty(cap, np.int32)
     r_mark = np.zeros(cap, np.int8)
-    new_runs = np.empty(cap, np.int64)
-    new_start = np.empty(cap, np.int64)
-    new_end = np.empty(cap, np.int64)
-    n_new = 0
+    r_start = np.empty(cap, np.int32)
+    r_end = np.empty(cap, np.int32)
+    r_hash = np.empty(cap, np.uint64)
+    # pass 1: runs, kinds, markers and hashes (a sequential read of the text)
     m = 0
     i = 0
     while i <= n:
         if i == n or arr[i] == 0:
             r_kind[m] = 2
-            r_ent[m] = -1
+            r_start[m] = i
+            r_end[m] = i
             m += 1
             i += 1
             continue
@@ -193,14 +195,13 @@ def _scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
             j = i + 1
             while j < n and arr[j] != 0 and _is_ws(arr[j], ws):
                 j += 1
-            kind = 1
             if j == i + 1 and c == 32:
                 i = j  # a single space, the commonest run, is left implicit (entry 0)
                 continue
+            kind = 1
             h = _hash(arr, i, j)
-            k = _probe(arr, i, j, h, False, slots, ent_hash, key_start, key_pool, key_low)
         else:
-            # one pass: the run's end, whether it is plain, and its hash raw and lowercased
+            # the run's end, whether it is plain, and its hash raw and lowercased
             plain = True
             n_up = 0
             n_low = 0
@@ -240,9 +241,33 @@ def _scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
                         r_mark[m] = 8
             else:
                 kind = 0
-            k = _probe(arr, i, j, h, plain, slots, ent_hash, key_start, key_pool, key_low)
+        r_kind[m] = kind
+        r_start[m] = i
+        r_end[m] = j
+        r_hash[m] = h
+        m += 1
+        i = j
+    # pass 2: the lookups (independent of each other, so their cache misses overlap)
+    new_runs = np.empty(m, np.int64)
+    n_new = 0
+    mask = len(slots) - 1
+    for r in range(m):
+        # fetch ahead: the slot of run r+16, then the key of run r+8 (its slot is in cache)
+        if r + 16 < m:
+            _prefetch(slots, np.int64(r_hash[r + 16] & np.uint64(mask)))
+        if r + 8 < m:
+            v = slots[np.int64(r_hash[r + 8] & np.uint64(mask))]
+            if v >= 0:
+                _prefetch(key_start, v & 0xFFFFFFFF)
+                _prefetch(key_pool, key_start[v & 0xFFFFFFFF])
+        kind = r_kind[r]
+        if kind == 2:
+            r_ent[r] = -1
+            continue
+        i, j, h = r_start[r], r_end[r], r_hash[r]
+        lower = kind == 3
+        k = _probe(arr, i, j, h, lower, slots, ent_hash, key_start, key_pool, key_low)
         if k < 0:  # new: add the key (lowercased for kind 3) as entry n_ent
-            lower = kind == 3
             ks = key_start[n_ent]
             for t in range(i, j):
                 c = arr[t]
@@ -255,15 +280,18 @@ def _scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
             slots[-k - 1] = _slot_value(h, lower, n_ent)
             k = n_ent
             n_ent += 1
-            new_runs[n_new] = m
-            new_start[n_new] = i
-            new_end[n_new] = j
+            new_runs[n_new] = r
             n_new += 1
-        r_kind[m] = kind
-        r_ent[m] = k
-        m += 1
-        i = j
-    return r_kind[:m], r_ent[:m], r_mark[:m], new_runs[:n_new], new_start[:n_new], new_end[:n_new]
+        r_ent[r] = k
+    new = new_runs[:n_new]
+    return (
+        r_kind[:m],
+        r_ent[:m],
+        r_mark[:m],
+        new,
+        r_start[new].astype(np.int64),
+        r_end[new].astype(np.int64),
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -292,13 +320,7 @@ def _assemble(
     the same word twice in a row, then a word starting with it).
     Entries hold two values: [0] as is, [1] for whitespace followed by a rule-made space.
     """
-    space = max(val_len[0, 0], val_len[0, 1])  # entry 0: the implicit single space
-    total = n_docs + len(r_kind)
-    for r in range(len(r_kind)):
-        if r_kind[r] != 2:
-            e = r_ent[r]
-            total += max(val_len[e, 0], val_len[e, 1]) + space
-    out = np.empty(total, np.int32)
+    out = np.empty(4 * len(r_kind) + 16, np.int32)  # grown below when a batch needs more
     offsets = np.zeros(n_docs + 1, np.int64)
     flags = np.zeros(n_docs, np.int8)
     o = 0
@@ -308,9 +330,20 @@ def _assemble(
     wait = -1  # a word just seen twice in a row (replace_wrep needs a third)
     out[o] = bos
     o += 1
-    for r in range(len(r_kind)):
+    n_runs = len(r_kind)
+    for r in range(n_runs):
+        if r + 8 < n_runs:  # the entry of a later run, fetched ahead (see _scan)
+            f = r_ent[r + 8]
+            if f >= 0:
+                _prefetch(val_start, 2 * f)
+                _prefetch(wfirst, f)
         kind = r_kind[r]
         e = r_ent[r]
+        if kind != 1:  # room for a BOS, or for a marker, the whitespace and the run's ids
+            need = 2 + (val_len[e, 0] if e >= 0 else 0)
+            need += max(val_len[pend, 0], val_len[pend, 1]) if pend >= 0 else 0
+            if len(out) - o < need:
+                out = np.concatenate((out[:o], np.empty(len(out) + need, np.int32)))
         if kind == 2:
             d += 1
             offsets[d] = o
