@@ -280,27 +280,28 @@ def _chunks(
 
 
 class _Stream:
-    """Sequential reads over decompressed chunks."""
+    """Sequential reads over decompressed chunks (a read is one slice of the buffer)."""
 
     def __init__(self, chunks: Iterator[bytes]):
         self._chunks = chunks
-        self._buf = bytearray()
+        self._buf = b""
         self._pos = 0
         self.offset = 0
 
     def read(self, n: int) -> bytes:
         buf, pos = self._buf, self._pos
         if len(buf) - pos < n:
-            if pos:
-                del buf[:pos]
-                pos = 0
-            while len(buf) < n:
+            parts = [buf[pos:]]
+            have = len(parts[0])
+            while have < n:
                 chunk = next(self._chunks, None)
                 if chunk is None:
                     break
-                buf += chunk
-        out = bytes(buf[pos : pos + n])
-        self._pos = pos + len(out)
+                parts.append(chunk)
+                have += len(chunk)
+            buf, pos = b"".join(parts), 0
+        out = buf[pos : pos + n]
+        self._buf, self._pos = buf, pos + len(out)
         self.offset += len(out)
         return out
 
@@ -354,10 +355,10 @@ def iter_tar(path: Path, read: list[int] | None = None) -> Iterator[tuple[str, b
         kind = header[156:157]
         if "size" in pax:
             size = int(pax["size"])
-        data = stream.read((size + _BLOCK - 1) // _BLOCK * _BLOCK)
+        data = stream.read(size)
         if len(data) < size:
             raise DataError(f"{path}: truncated tar archive (member at byte {start})")
-        data = data[:size] if len(data) != size else data
+        stream.read(-size % _BLOCK)  # the padding to the next block
         if kind == b"L":
             long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             continue
