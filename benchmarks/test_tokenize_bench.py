@@ -13,6 +13,11 @@ Also timed: fastulm straight from the ``.tar.gz`` (the main job). Peak memory is
 every 0.2 s over the whole process tree (parent + workers): PSS, which counts pages
 shared between forked workers once, and the largest single process's RSS (wait4).
 
+fastulm runs ``FASTULM_BENCH_ROUNDS`` times (default 3, each into a fresh folder) and the
+median round by wall time is reported with all the rounds' wall times; the reference, at
+three minutes and more, runs once. These shared machines are noisy: a single run can be
+off by 10%.
+
     python -m pytest benchmarks/test_tokenize_bench.py -s -p no:randomly
     FASTULM_BENCH_WORKERS=2 (default: all cores)
 """
@@ -33,6 +38,7 @@ from fastulm.data.pipeline import default_workers
 
 pytestmark = [pytest.mark.full_data, pytest.mark.slow, pytest.mark.reference]
 WORKERS = int(os.environ.get("FASTULM_BENCH_WORKERS", default_workers()))
+ROUNDS = int(os.environ.get("FASTULM_BENCH_ROUNDS", "3"))
 RESULTS: dict[str, dict] = {}
 
 REFERENCE = r"""
@@ -153,6 +159,16 @@ def _fastulm(src: Path, out: Path) -> dict:
     return r
 
 
+def _median_of_rounds(src: Path, tmp_path: Path) -> dict:
+    runs = [_fastulm(src, tmp_path / f"out{k}") for k in range(ROUNDS)]
+    runs.sort(key=lambda r: r["wall_s"])
+    r = dict(runs[len(runs) // 2])
+    r["rounds_wall_s"] = [round(x["wall_s"], 2) for x in runs]
+    r["peak_tree_pss_mb"] = max(x["peak_tree_pss_mb"] for x in runs)
+    r["peak_process_rss_mb"] = max(x["peak_process_rss_mb"] for x in runs)
+    return r
+
+
 def _record(benchmark, name: str, r: dict) -> None:
     r.pop("stdout", None)
     r["docs_per_s"] = r["docs"] / r["wall_s"]
@@ -172,12 +188,12 @@ def test_fastulm_folder(benchmark, extracted, tmp_path):
     (warm / "train" / "pos").mkdir(parents=True)
     (warm / "train" / "pos" / "0_9.txt").write_text("A warm-up review. It's GREAT!!!")
     _fastulm(warm, tmp_path / "warm_out")
-    r = benchmark.pedantic(_fastulm, args=(extracted, tmp_path / "out"), rounds=1, iterations=1)
+    r = benchmark.pedantic(_median_of_rounds, args=(extracted, tmp_path), rounds=1, iterations=1)
     _record(benchmark, "fastulm (folder)", r)
 
 
 def test_fastulm_archive(benchmark, imdb_archive, tmp_path):
-    r = benchmark.pedantic(_fastulm, args=(imdb_archive, tmp_path / "out"), rounds=1, iterations=1)
+    r = benchmark.pedantic(_median_of_rounds, args=(imdb_archive, tmp_path), rounds=1, iterations=1)
     _record(benchmark, "fastulm (.tar.gz)", r)
 
 

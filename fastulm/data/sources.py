@@ -305,6 +305,13 @@ class _Stream:
         self.offset += len(out)
         return out
 
+    def skip(self, n: int) -> None:
+        if len(self._buf) - self._pos >= n:  # the usual case: no copy
+            self._pos += n
+            self.offset += n
+        else:
+            self.read(n)
+
 
 def _octal(field_: bytes) -> int:
     if field_[:1] and field_[0] & 0x80:  # GNU base-256 for big numbers
@@ -358,7 +365,7 @@ def iter_tar(path: Path, read: list[int] | None = None) -> Iterator[tuple[str, b
         data = stream.read(size)
         if len(data) < size:
             raise DataError(f"{path}: truncated tar archive (member at byte {start})")
-        stream.read(-size % _BLOCK)  # the padding to the next block
+        stream.skip(-size % _BLOCK)  # the padding to the next block
         if kind == b"L":
             long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             continue
@@ -396,6 +403,24 @@ def archive_review_key(name: str) -> tuple[str, str, int] | None:
     return None if key is None else ("/".join(parts), *key)
 
 
+class _ArchiveKeys:
+    """archive_review_key, memoized on the member's folder: a review's key is its folder's
+    (id prefix, split, label) plus its file name, when that name is a review file's."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, tuple[str, str, int] | None] = {}
+
+    def __call__(self, name: str) -> tuple[str, str, int] | None:
+        folder, _, base = name.rpartition("/")
+        if not base.endswith(".txt") or len(base) == 4 or base in (".", ".."):
+            return archive_review_key(name)  # not a review file (or an odd name)
+        key = self._folders.get(folder, False)
+        if key is False:
+            probe = archive_review_key(f"{folder}/0_0.txt")
+            key = self._folders[folder] = None if probe is None else (probe[0][:-7], *probe[1:])
+        return None if key is None else (key[0] + base, key[1], key[2])
+
+
 def _is_tar_header(block: bytes) -> bool:
     try:
         checksum = _octal(block[148:156])
@@ -418,9 +443,10 @@ def _open_archive(path: Path) -> Source:
 
     def reader() -> Iterator[RawRecord]:
         found = False
+        keys = _ArchiveKeys()
         try:
             for name, data in iter_tar(path, read):
-                key = archive_review_key(name)
+                key = keys(name)
                 if key is not None:
                     found = True
                     yield RawRecord(data, key[2], key[1], key[0])
