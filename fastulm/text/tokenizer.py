@@ -332,11 +332,6 @@ def _assemble(
     o += 1
     n_runs = len(r_kind)
     for r in range(n_runs):
-        if r + 8 < n_runs:  # the entry of a later run, fetched ahead (see _scan)
-            f = r_ent[r + 8]
-            if f >= 0:
-                _prefetch(val_start, 2 * f)
-                _prefetch(wfirst, f)
         kind = r_kind[r]
         e = r_ent[r]
         if kind != 1:  # room for a BOS, or for a marker, the whitespace and the run's ids
