@@ -393,6 +393,20 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def _widen_pipes(pool) -> None:
+    """1 MB pipes between the parent and the pool (Linux; 64 KB by default): a child then
+    hands over a batch's ids (about 500 KB) at once instead of waiting, chunk by chunk, for
+    the parent's result thread to get the GIL back from the parent's own tokenizing. Only
+    a speed-up: skipped where the pool's pipes or the fcntl are not there."""
+    try:
+        import fcntl
+
+        for conn in (pool._outqueue._reader, pool._inqueue._writer):
+            fcntl.fcntl(conn.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 def _shared(tasks: Iterator[tuple], pool, n_children: int) -> Iterator[tuple]:
     """Results of every task, in no set order. The parent is one of the workers: it keeps
     each child four batches ahead and tokenizes the next batch itself while they work, so
@@ -442,6 +456,7 @@ def collect(
         methods = mp.get_all_start_methods()
         ctx = mp.get_context("fork" if "fork" in methods else "spawn")
         pool = ctx.Pool(workers - 1, initializer=_worker_init, initargs=(factory, True))
+        _widen_pipes(pool)
         results = _shared(tasks, pool, workers - 1)
     else:
         results = map(_worker_run, tasks)
