@@ -375,7 +375,7 @@ def _batches(
         seen["read"] += 1
         items.append(data)
         recs.append((label, split, doc_id))
-        size += 2048 if is_path else len(data)
+        size += 1024 if is_path else len(data)
         if size >= _BATCH_BYTES or len(items) >= _BATCH_DOCS:
             meta[index] = recs
             yield index, items, from_file, is_path

@@ -54,12 +54,14 @@ def read_file(path: str | os.PathLike) -> bytes:
     """A file's bytes with plain os calls: 5 us a review file, against 12 for Path.read_bytes."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        chunks = []
+        chunks = [os.read(fd, 1 << 16)]
+        if len(chunks[0]) < 1 << 16:  # a short read of a regular file is its end
+            return chunks[0]
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
     finally:
         os.close(fd)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
 def decode_text(
