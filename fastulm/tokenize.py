@@ -149,4 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # The tokenizer's tables are millions of small objects; freeing them one by one at
+    # exit takes about 0.4 s and serves nothing once the corpus is on disk (or the error
+    # reported): flush and leave.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
