@@ -411,6 +411,19 @@ def url_match(a, lo, hi):
     return 0
 
 
+@njit(cache=True, inline="always")
+def spells(ids, i, end, pt, p_off, p_ids):
+    """Whether ids[i:end] starts with the tokens of pattern `pt` (p_off/p_ids: the final
+    pass's patterns as token ids, one after another)."""
+    size = p_off[pt + 1] - p_off[pt]
+    if i + size > end:
+        return False
+    for x in range(size):  # noqa: SIM110 (a loop: numba compiles it, not a generator)
+        if ids[i + x] != p_ids[p_off[pt] + x]:
+            return False
+    return True
+
+
 @njit(cache=True, nogil=True)
 def split_runs(ents, key_start, a, cls, pre_pat, suf_pat, inf_pat, spec, spec_val, tok, n_tok, words, n_word,
                pats, link_edges, extra):  # fmt: skip
@@ -540,16 +553,7 @@ def split_runs(ents, key_start, a, cls, pre_pat, suf_pat, inf_pat, spec, spec_va
             if t + 1 >= len(pat_start):
                 continue
             for q in range(pat_start[t], pat_start[t + 1]):
-                pt = pat_list[q]
-                m = pat_off[pt + 1] - pat_off[pt]
-                if i + m > o:
-                    continue
-                same = True
-                for x in range(m):
-                    if out[i + x] != pat_ids[pat_off[pt] + x]:
-                        same = False
-                        break
-                if same:
+                if spells(out, i, o, pat_list[q], pat_off, pat_ids):
                     hit = True
                     break
             if hit:

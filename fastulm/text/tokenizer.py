@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit
 
 from fastulm.text import ascii_split
+from fastulm.text.ascii_split import spells
 from fastulm.text.rules import (
     BOS,
     RE_REP,
@@ -46,10 +47,8 @@ from fastulm.text.rules import (
 )
 from fastulm.text.table import FNV_OFFSET, FNV_PRIME, StringTable
 from fastulm.text.table import fnv as _hash
-from fastulm.text.table import insert as _insert
 from fastulm.text.table import prefetch as _prefetch
 from fastulm.text.table import probe as _probe
-from fastulm.text.table import rehash as _rehash
 from fastulm.text.table import slot_value as _slot_value
 from fastulm.text.words import (
     LETTERS_PASS_THROUGH,
@@ -454,14 +453,7 @@ def _special_pass(ids, owner, pf_start, pf_list, p_off, p_ids, r_off, r_ids):
         for q in range(pf_start[t], pf_start[t + 1]):
             pt = pf_list[q]
             size = p_off[pt + 1] - p_off[pt]
-            if i + size > n:
-                continue
-            same = True
-            for x in range(size):
-                if ids[i + x] != p_ids[p_off[pt] + x]:
-                    same = False
-                    break
-            if same:
+            if spells(ids, i, n, pt, p_off, p_ids):
                 if n_m == len(m_start):
                     m_start = np.concatenate((m_start, np.empty(n_m, np.int64)))
                     m_pat = np.concatenate((m_pat, np.empty(n_m, np.int64)))
@@ -524,16 +516,8 @@ class _PlainRuns:
         self.spec_val = _csr(values)
         # a pattern replaced by its own tokens changes nothing (and what it blocks still
         # has to match to change anything): the kernel need not look for it
-        pats = sorted(p for p, v in PATTERNS.items() if tuple(v) != p)
-        pat_ids = [tok._ids_of(list(p)) for p in pats]
-        by_first: dict[int, list[int]] = {}
-        for k, ids in enumerate(pat_ids):
-            by_first.setdefault(ids[0], []).append(k)
-        n_first = max(by_first, default=-1) + 1
-        lists = [by_first.get(t, []) for t in range(n_first)]
-        starts, flat = _csr(lists)
-        offsets, ids = _csr(pat_ids)
-        self.pats = (starts.astype(np.int32), flat, offsets, ids)
+        changing = sorted(p for p, v in PATTERNS.items() if tuple(v) != p)
+        self.pats = tok._pass_tables(changing)[:4]
         first = [tok._token_id(t) for t in _BY_FIRST]
         last = [tok._token_id(t) for t in _BY_LAST]
         n = max(first + last, default=-1) + 1
@@ -559,11 +543,12 @@ class _PlainRuns:
             return np.zeros(0, np.bool_)
         self.tokens.add(tok.tokens[self.tokens.n :])  # what Python added meanwhile
         self.words.add(tok._word_list[self.words.n :])
-        n_chars = int((tok._key_start[ents + 1] - tok._key_start[ents]).sum())
+        keys = tok._runs
+        n_chars = int((keys.key_start[ents + 1] - keys.key_start[ents]).sum())
         self.tokens.reserve(n_chars, n_chars)
         self.words.reserve(len(ents), n_chars)
         status, ids, off, wid, stem, edge, n_tok, n_word = ascii_split.split_runs(
-            ents, tok._key_start, tok._key_pool, self.classes, self.prefix, self.suffix,
+            ents, keys.key_start, keys.key_pool, self.classes, self.prefix, self.suffix,
             self.infix, self.spec.arrays, self.spec_val, self.tokens.arrays, self.tokens.n,
             self.words.arrays, self.words.n, self.pats, self.edges, self.extra,
         )  # fmt: skip
@@ -651,10 +636,8 @@ class Tokenizer:
         self._ids: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
         self._words: dict[str, int] = {}
         self._word_list: list[str] = []  # self._words' keys in id order
-        self._n = 0  # entries in the run table
-        self._grow_entries(1 << 14)
-        self._slots = np.full(1 << 15, -1, np.int64)
-        self._key_pool = np.zeros(1 << 17, np.uint32)
+        self._runs = StringTable()  # the run table's keys; the values are the arrays below
+        self._grow_entries(len(self._runs.ent_hash))
         self._tok_pool = np.zeros(1 << 17, np.int32)
         self._n_tok = 0
         self._split_cache: dict[str, list[str]] = {}  # spaCy-level run -> tokens
@@ -663,18 +646,16 @@ class Tokenizer:
         self._compat = np.zeros((1, 1), np.bool_)
         self._link_memo: tuple[dict, dict] = ({}, {})  # right, left: key -> set id
         # entry 0 is the single space, which _scan uses without a lookup
-        self._reserve(1, 1)
-        space = np.array([32], np.uint32)
-        tables = (self._slots, self._ent_hash, self._key_start, self._key_pool, self._key_low)
-        _insert(space, np.array([0, 1], np.int64), np.zeros(1, np.bool_), *tables, 0)
-        self._n = 1
+        self._runs.add([" "])
         self._fill(np.zeros(1, np.int64), [(1, " ")])
-        self._pass = self._pass_tables()
+        self._pass = self._pass_tables(sorted(PATTERNS))
         self._plain = _PlainRuns(self) if ascii_split.COMPILED is not None else None
 
     # -- storage
 
     def _grow_entries(self, cap: int) -> None:
+        """Room for `cap` entries' values."""
+
         def grow(name, shape, dtype, fill=0):
             new = np.full(shape, fill, dtype)
             old = getattr(self, name, None)
@@ -682,9 +663,6 @@ class Tokenizer:
                 new[: len(old)] = old
             setattr(self, name, new)
 
-        grow("_ent_hash", cap, np.uint64)
-        grow("_key_low", cap, np.bool_)
-        grow("_key_start", cap + 1, np.int64)
         grow("_val_start", (cap, 2), np.int64)
         grow("_val_len", (cap, 2), np.int32)
         grow("_lead", cap, np.bool_)
@@ -830,17 +808,9 @@ class Tokenizer:
 
     def _reserve(self, n_new: int, n_chars: int) -> None:
         """Room for n_new more entries with n_chars more key characters."""
-        need = self._n + n_new
-        if need > len(self._ent_hash):
-            self._grow_entries(max(need, 2 * len(self._ent_hash)))
-        if 2 * need > len(self._slots):
-            size = len(self._slots)
-            while 2 * need > size:
-                size *= 2
-            self._slots = _rehash(self._n, size, self._ent_hash, self._key_low)
-        n_keys = self._key_start[self._n] + n_chars
-        if n_keys > len(self._key_pool):
-            self._key_pool = np.resize(self._key_pool, max(n_keys, 2 * len(self._key_pool)))
+        self._runs.reserve(n_new, n_chars)
+        if len(self._val_start) < len(self._runs.ent_hash):
+            self._grow_entries(len(self._runs.ent_hash))
 
     def _fill(self, ents: np.ndarray, runs: list[tuple[int, str]]) -> None:
         """Values of the new entries `ents` from their (kind, key)."""
@@ -868,9 +838,9 @@ class Tokenizer:
         for k, name in enumerate(names, 2):
             getattr(self, name)[sl] = [v[k] for v in vals]
 
-    def _pass_tables(self) -> tuple:
-        """words.PATTERNS by token id, for _special_pass."""
-        pats = sorted(PATTERNS)
+    def _pass_tables(self, pats: list[tuple[str, ...]]) -> tuple:
+        """Final-pass patterns (keys of words.PATTERNS) by token id: which start with each
+        token, their tokens and their replacements, for _special_pass."""
         pat_ids = [self._ids_of(list(p)) for p in pats]
         by_first: dict[int, list[int]] = {}
         for k, ids in enumerate(pat_ids):
@@ -904,11 +874,12 @@ class Tokenizer:
         ws = _WS_ALL[arr]
         n_runs = np.count_nonzero(ws[1:] != ws[:-1]) + 2 * len(fixed) + 1  # separators too
         self._reserve(n_runs, len(arr))
-        tables = (self._slots, self._ent_hash, self._key_start, self._key_pool, self._key_low)
-        first = self._n
-        r_kind, r_ent, r_mark, new, new_start, new_end = _scan(arr, _WS, n_runs, *tables, first)
+        first = self._runs.n
+        r_kind, r_ent, r_mark, new, new_start, new_end = _scan(
+            arr, _WS, n_runs, *self._runs.arrays, first
+        )
         if len(new):
-            self._n = first + len(new)
+            self._runs.n = first + len(new)
             todo = np.ones(len(new), np.bool_)
             if self._plain is not None:  # plain ASCII runs in numba; what it leaves, below
                 plain = np.flatnonzero(r_kind[new] == 3)
