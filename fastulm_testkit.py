@@ -37,3 +37,14 @@ def need_fastai():
             pytest.fail(msg)
         pytest.skip(msg)
     return fastai_text
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Autouse where imported: tiny models, whose OpenMP threads would only wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,14 +11,7 @@ from fastulm import generate, predict
 from fastulm.tokenize import main as tokenize_main
 from fastulm.train.__main__ import EXIT_TIME_LIMIT
 from fastulm.train.__main__ import main as train_main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # tiny models: OpenMP threads only wait on each other
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from fastulm_testkit import one_torch_thread  # noqa: F401 (autouse here)
 
 
 def _run(*args):

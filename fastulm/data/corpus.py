@@ -169,16 +169,13 @@ def write_corpus(
 # ---------------------------------------------------------------- reading
 
 
-@dataclass
-class Split:
-    """One split's documents as zero-copy views of the memory-mapped file."""
+class Docs:
+    """Documents laid out as the loaders read them: `ids` end to end, `offsets` (n + 1),
+    `labels` (n)."""
 
-    name: str
-    ids: np.ndarray  # int32, every document's tokens end to end
-    offsets: np.ndarray  # int64, n_docs + 1
-    labels: np.ndarray  # int64, -1 = unlabelled
-    doc_ids: pa.Array  # strings
-    table: pa.RecordBatch
+    ids: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -192,6 +189,18 @@ class Split:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self.doc(i) for i in range(len(self)))
+
+
+@dataclass
+class Split(Docs):
+    """One split's documents as zero-copy views of the memory-mapped file."""
+
+    name: str
+    ids: np.ndarray  # int32, every document's tokens end to end
+    offsets: np.ndarray  # int64, n_docs + 1
+    labels: np.ndarray  # int64, -1 = unlabelled
+    doc_ids: pa.Array  # strings
+    table: pa.RecordBatch
 
 
 def _read_split(path: Path, name: str) -> Split:

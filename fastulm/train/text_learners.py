@@ -18,7 +18,7 @@ import torch
 
 from fastulm.data import DataError
 from fastulm.data.clas_loader import ClasLoader
-from fastulm.data.corpus import Corpus, open_corpus
+from fastulm.data.corpus import Corpus, Docs, open_corpus
 from fastulm.data.lm_loader import LMLoader
 from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
 from fastulm.model.encoder_io import load_encoder, save_encoder
@@ -31,7 +31,7 @@ from fastulm.train.run_dir import write_run
 TEXT_MOMS = (0.8, 0.7, 0.8)
 
 
-class DocSubset:
+class DocSubset(Docs):
     """Some documents of a split, in the split layout the loaders read (ids, offsets, labels).
 
     The chosen documents' tokens are gathered once into one array (a copy of that share of
@@ -47,16 +47,6 @@ class DocSubset:
         self.ids = _gather(np.asarray(split.ids), offsets[docs], lengths, self.offsets)
         self.labels = np.asarray(split.labels, dtype=np.int64)[docs]
         self.name = getattr(split, "name", "subset")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def doc(self, i: int) -> np.ndarray:
-        return self.ids[self.offsets[i] : self.offsets[i + 1]]
 
 
 def _gather(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, out_offsets) -> np.ndarray:
