@@ -1,5 +1,6 @@
 """Model step benchmarks: fastulm vs the reference (fastai 2.8.12), same weights and inputs,
 same run. One step = forward + loss (with AR/TAR as fastai's RNNRegularizer) + backward.
+``+bf16`` variants run under CPU bf16 autocast, ``+ckpt`` ones with gradient checkpointing.
 
 Walkthrough sizes: LM bs 48 x bptt 70 x 60k vocab; classifier bs 48 on the longest IMDB
 reviews of the sample (the first batch SortedDL builds), everything unfrozen. On a small
@@ -74,7 +75,8 @@ def lm_models(fastai_text):
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, VOCAB, (BS, BPTT_LM), generator=g)
     y = torch.randint(0, VOCAB, (BS, BPTT_LM), generator=g)
-    return {"fastai": ref, "fastulm": ours, "fastulm+ckpt": ckpt}, x, y
+    models = {"fastai": ref, "fastulm": ours, "fastulm+ckpt": ckpt}
+    return {**models, "fastulm+bf16": ours, "fastulm+ckpt+bf16": ckpt}, x, y
 
 
 def _doc_lengths(n):
@@ -102,26 +104,38 @@ def clas_models(fastai_text):
     return {"fastai": ref, "fastulm": ours, "fastulm+ckpt": ckpt}, x, y
 
 
+def _precision(name):
+    """``+bf16`` variants run the same model under bf16 autocast (fastai has no CPU autocast)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=name.endswith("+bf16"))
+
+
 def _lm_step(name, model, x, y):
     model.zero_grad(set_to_none=True)
+    with _precision(name):
+        loss = _lm_loss(name, model, x, y)
+    loss.backward()
+    return loss.item()
+
+
+def _lm_loss(name, model, x, y):
     if name == "fastai":
         logits, raw, dropped = model(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1)) + ar_tar(raw, dropped)
     else:
         res = model.loss(x, y)
         loss = res.loss + ar_tar(res.raw, res.dropped)
-    loss.backward()
-    return loss.item()
+    return loss
 
 
 def _clas_step(name, model, x, y):
     model.zero_grad(set_to_none=True)
-    if name == "fastai":
-        logits, raw, dropped = model(x)
-    else:
-        out = model(x)
-        logits, raw, dropped = out.logits, out.raw, out.dropped
-    loss = F.cross_entropy(logits, y) + ar_tar(raw, dropped)
+    with _precision(name):
+        if name == "fastai":
+            logits, raw, dropped = model(x)
+        else:
+            out = model(x)
+            logits, raw, dropped = out.logits, out.raw, out.dropped
+        loss = F.cross_entropy(logits.float(), y) + ar_tar(raw, dropped)
     loss.backward()
     return loss.item()
 
@@ -137,8 +151,11 @@ def _run(benchmark, group, step, name, model, x, y):
     benchmark.pedantic(step, args=(name, model, x, y), rounds=ROUNDS, iterations=1)
 
 
+NAMES = ["fastai", "fastulm", "fastulm+ckpt", "fastulm+bf16", "fastulm+ckpt+bf16"]
+
+
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ["fastai", "fastulm", "fastulm+ckpt"])
+@pytest.mark.parametrize("name", NAMES)
 def test_lm_step(benchmark, lm_models, name):
     models, x, y = lm_models
     models[name].reset()
@@ -146,7 +163,7 @@ def test_lm_step(benchmark, lm_models, name):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ["fastai", "fastulm", "fastulm+ckpt"])
+@pytest.mark.parametrize("name", NAMES)
 def test_classifier_step(benchmark, clas_models, name):
     models, x, y = clas_models
     _run(benchmark, "classifier-step", _clas_step, name, models[name], x, y)

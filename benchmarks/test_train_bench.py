@@ -5,7 +5,9 @@ vocab), the same AWD-LSTM sizes (emb 64, hidden 256, 3 layers), dropouts, batch 
 stage-by-stage schedule: LM one frozen epoch at 1e-2 then four unfrozen at 3e-3 (validated
 on the 200 held-out reviews), then the classifier's gradual unfreezing from 2e-2. Timed: the
 fitting of both stages (data preparation and tokenization excluded on both sides). Reported:
-wall time of each stage and final validation accuracy of the LM and the classifier.
+wall time of each stage and final validation accuracy of the LM and the classifier, for
+fastulm in fp32 (like for like) and with bf16 autocast (``mixed_precision="bf16"``; fastai's
+``MixedPrecision`` autocasts on CUDA only, so fastai has no CPU counterpart).
 
     python -m pytest benchmarks/test_train_bench.py -s -p no:cacheprovider
 
@@ -34,11 +36,12 @@ def sample_corpus(imdb_sample, tmp_path_factory):
     return out
 
 
-def _fastulm(corpus_path, run_dir):
+def _fastulm(corpus_path, run_dir, precision="fp32"):
     import fastulm
 
     corpus = fastulm.open_corpus(corpus_path)
     kw = dict(P.model_kw(), path=run_dir, show_progress=False, moms=P.moms, wd=P.wd, seed=0)
+    kw["mixed_precision"] = precision
     lm = fastulm.language_model_learner(
         corpus, drop_mult=P.lm.drop_mult, bs=P.lm.bs, bptt=P.lm.bptt, valid_split="valid", **kw
     )
@@ -153,23 +156,25 @@ def test_sample_recipe_cpu_preset(benchmark, fastai_text, imdb_sample, sample_co
         ours = benchmark.pedantic(
             _fastulm, args=(sample_corpus, tmp_path / "fastulm"), rounds=1, iterations=1
         )
+        # fastai's MixedPrecision autocasts on CUDA only: on a CPU it has no bf16 to compare
+        ours_bf16 = _fastulm(sample_corpus, tmp_path / "fastulm_bf16", "bf16")
     finally:
         torch.set_num_threads(before)
-    benchmark.extra_info.update({f"fastai_{k}": v for k, v in ref.items()})
-    benchmark.extra_info.update({f"fastulm_{k}": v for k, v in ours.items()})
+    sides = (("fastai 2.8.12 (fp32)", ref), ("fastulm fp32", ours), ("fastulm bf16", ours_bf16))
+    for prefix, r in zip(("fastai", "fastulm", "fastulm_bf16"), (ref, ours, ours_bf16)):
+        benchmark.extra_info.update({f"{prefix}_{k}": v for k, v in r.items()})
     rows = [
-        "| side | LM fit (s) | classifier fit (s) | total (s) | LM valid acc | classifier valid acc |",
-        "|---|---|---|---|---|---|",
+        "| side | LM fit (s) | classifier fit (s) | total (s) | speed-up | LM valid acc | "
+        "classifier valid acc |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, r in (("fastai 2.8.12", ref), ("fastulm", ours)):
+    ref_total = ref["lm_time"] + ref["clas_time"]
+    for name, r in sides:
         total = r["lm_time"] + r["clas_time"]
         rows.append(
             f"| {name} | {r['lm_time']:.1f} | {r['clas_time']:.1f} | {total:.1f} | "
-            f"{r['lm_acc']:.4f} | {r['clas_acc']:.4f} |"
+            f"{ref_total / total:.2f}x | {r['lm_acc']:.4f} | {r['clas_acc']:.4f} |"
         )
-    speedup = (ref["lm_time"] + ref["clas_time"]) / (ours["lm_time"] + ours["clas_time"])
-    print(
-        "\n" + "\n".join(rows) + f"\n\nspeed-up (total fit time): {speedup:.2f}x, threads {THREADS}"
-    )
-    # sanity only (the figures are the result): both sides learned something
-    assert ours["clas_acc"] > 0.55 and ref["clas_acc"] > 0.55
+    print("\n" + "\n".join(rows) + f"\n\nthreads {THREADS}")
+    # sanity only (the figures are the result): every side learned something
+    assert min(r["clas_acc"] for _, r in sides) > 0.55

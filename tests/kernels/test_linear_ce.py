@@ -102,11 +102,45 @@ def test_no_grad_computes_no_gradients(backend):
     assert all(t.numel() == 0 for t in outs[2:])
 
 
+def test_ties_and_extreme_logits(backend):
+    """First maximum wins on ties; targets far below the maximum keep an exact loss."""
+    V, D = 12, 4
+    w = torch.zeros(V, D)
+    w[2, 0] = w[5, 0] = 1.0  # columns 2 and 5 tie for the maximum when x[:, 0] > 0
+    w[7, 1] = 1.0
+    x = torch.tensor(
+        [
+            [3.0, 0.0, 0.0, 0.0],  # tie 2/5, target 2: right (first maximum)
+            [3.0, 0.0, 0.0, 0.0],  # tie 2/5, target 5: wrong
+            [0.0, 400.0, 0.0, 0.0],  # target 0 is 400 nats below column 7: p_t underflows
+            [0.0, -400.0, 0.0, 0.0],  # column 7 far below the rest, target 7
+        ],
+        requires_grad=True,
+    )
+    target = torch.tensor([2, 5, 0, 7])
+    rows, ref_rows = [], []
+    for i in range(4):
+        loss, n_correct = linear_cross_entropy(x[i : i + 1], w, None, target[i : i + 1])
+        rows.append((loss.item(), n_correct.item()))
+        ref_loss = torch.nn.functional.cross_entropy(x[i : i + 1] @ w.t(), target[i : i + 1])
+        ref_rows.append(ref_loss.item())
+    assert [c for _, c in rows] == [1, 0, 0, 0]
+    assert rows[2][0] == pytest.approx(400.0, rel=1e-6)
+    assert [r for r, _ in rows] == pytest.approx(ref_rows, rel=1e-6)
+    loss, _ = linear_cross_entropy(x, w, None, target, chunk_rows=3)
+    grad = torch.autograd.grad(loss, x)[0]
+    ref = torch.autograd.grad(torch.nn.functional.cross_entropy(x @ w.t(), target), x)[0]
+    torch.testing.assert_close(grad, ref)
+
+
 def test_chunk_size_budget(monkeypatch):
     monkeypatch.setenv("FASTULM_CE_CHUNK_MB", "128")
     assert chunk_rows_for(60000) == 128 * 2**20 // (4 * 60000)
     monkeypatch.setenv("FASTULM_CE_CHUNK_MB", "0.001")
     assert chunk_rows_for(60000) == 1
+    monkeypatch.delenv("FASTULM_CE_CHUNK_MB")
+    assert chunk_rows_for(60000) == 64 * 2**20 // (4 * 60000)
+    assert chunk_rows_for(60000, "cpu") == 4 * 2**20 // (4 * 60000)
 
 
 def test_opcheck(backend, device):
