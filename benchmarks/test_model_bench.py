@@ -101,7 +101,8 @@ def clas_models(fastai_text):
     m = max(len(d) for d in docs)
     x = torch.stack([ft.pad_chunk(d, pad_idx=1, seq_len=BPTT_CLAS, pad_len=m) for d in docs])
     y = torch.randint(0, 2, (BS,), generator=g)
-    return {"fastai": ref, "fastulm": ours, "fastulm+ckpt": ckpt}, x, y
+    models = {"fastai": ref, "fastulm": ours, "fastulm+ckpt": ckpt}
+    return {**models, "fastulm+bf16": ours, "fastulm+ckpt+bf16": ckpt}, x, y
 
 
 def _precision(name):

@@ -160,3 +160,46 @@ def test_classifier_and_predict_file(small_corpus, tmp_path, capsys):
     bad_csv.write_text("review\nfoo\n")
     assert predict.main([str(clas), "--file", str(bad_csv)]) == 1
     assert "no column 'text'" in _one_error_line(capsys)
+
+
+def test_lm_from_pretrained_weights(small_corpus, tmp_path, capsys):
+    """--pretrained maps a WT103-style pair onto the corpus vocab before the first step."""
+    import pickle
+
+    from fastulm import open_corpus
+    from fastulm.model import get_language_model
+    from fastulm.train.presets import get_preset
+
+    itos = open_corpus(small_corpus).vocab.itos
+    shared = [t for t in reversed(itos[4:]) if t != "xxfake"]  # xxfake pads the vocab: repeats
+    old_vocab = [*shared, "only_in_old_a", "only_in_old_b"]
+    torch.manual_seed(0)
+    old = get_language_model(len(old_vocab), **get_preset("tiny").model_kw())
+    with torch.no_grad():
+        old.head.decoder.bias.normal_()
+    sd = {k: v.clone() for k, v in old.state_dict().items()}  # fastai's key names
+    wpath, vpath = tmp_path / "lstm_fwd.pth", tmp_path / "itos.pkl"
+    torch.save(sd, wpath)
+    vpath.write_bytes(pickle.dumps(old_vocab))
+    run = tmp_path / "lm"
+    argv = ["lm", str(small_corpus), str(run), *TINY, "--pretrained", str(wpath), str(vpath)]
+    assert train_main([*argv, "--frozen-epochs", "0", "--epochs", "0"]) == 0
+    got = load_file(run / "model.safetensors")
+    emb, bias = got["0.encoder.weight"], got["1.decoder.bias"]
+    old_emb, old_bias = sd["0.encoder.weight"], sd["1.decoder.bias"]
+    for i, tok in enumerate(itos):
+        if tok in old_vocab:
+            j = old_vocab.index(tok)
+            assert torch.equal(emb[i], old_emb[j]) and torch.equal(bias[i], old_bias[j]), tok
+        else:  # tokens the pretrained vocab lacks start from the mean row
+            torch.testing.assert_close(emb[i], old_emb.mean(0))
+            torch.testing.assert_close(bias[i], old_bias.mean())
+    for k in sd:
+        if "rnns" in k:
+            assert torch.equal(got[k], sd[k]), k
+    # a vocab file that is not a pickled list of strings: one clear line, nothing written
+    vpath.write_bytes(pickle.dumps({"not": "a list"}))
+    capsys.readouterr()
+    assert train_main([*argv[:2], str(tmp_path / "bad"), *argv[3:], "--epochs", "0"]) == 1
+    assert "list of strings" in _one_error_line(capsys)
+    assert not (tmp_path / "bad" / "model.safetensors").exists()

@@ -141,6 +141,9 @@ def test_chunk_size_budget(monkeypatch):
     monkeypatch.delenv("FASTULM_CE_CHUNK_MB")
     assert chunk_rows_for(60000) == 64 * 2**20 // (4 * 60000)
     assert chunk_rows_for(60000, "cpu") == 4 * 2**20 // (4 * 60000)
+    assert chunk_rows_for(9624, "cpu", 64) == 128  # 2 * 64 rows beat the 108 of the budget
+    assert chunk_rows_for(60000, "cpu", 400) == 800  # at least 2 * dim rows on a CPU
+    assert chunk_rows_for(60000, "cuda", 400) == 64 * 2**20 // (4 * 60000)
 
 
 def test_opcheck(backend, device):
