@@ -9,13 +9,14 @@ document starts on a bptt boundary and its tokens are one contiguous run.
 
 Under DDP every rank builds the same global batches of world_size * bs documents and takes
 every world_size-th row (rows rank, rank + world_size, ...), so the ranks' lengths stay
-balanced; each rank pads its own rows.
+balanced; each rank pads its rows to the global batch's width, so every per-position mean
+(AR/TAR) has the same normaliser as in one process with the whole batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,10 +26,23 @@ from fastulm.data.epochs import EpochLoader
 SORT_CHUNK_BATCHES = 50  # fastai sorts chunks of bs * 50 documents
 
 
-def pad_batch(docs: Sequence[np.ndarray], pad_id: int = 1, bptt: int = 72) -> np.ndarray:
-    """Stack documents into an int64 [n, max_len] array in fastai's pad_chunk layout."""
+class _Plan(NamedTuple):
+    batches: list[np.ndarray]  # this rank's document indices, batch by batch
+    widths: list[int]  # each global batch's padded width (its longest document)
+
+
+def pad_batch(
+    docs: Sequence[np.ndarray], pad_id: int = 1, bptt: int = 72, width: int | None = None
+) -> np.ndarray:
+    """Stack documents into an int64 [n, width] array in fastai's pad_chunk layout.
+
+    ``width`` defaults to the longest document's length (it may not be shorter).
+    """
     lens = np.array([len(d) for d in docs], dtype=np.int64)
-    width = int(lens.max()) if len(lens) else 0
+    longest = int(lens.max()) if len(lens) else 0
+    width = longest if width is None else width
+    if width < longest:
+        raise ValueError(f"pad width {width} is shorter than the longest document ({longest})")
     out = np.full((len(docs), width), pad_id, dtype=np.int64)
     lead = (width - lens) // bptt * bptt
     for r, d in enumerate(docs):  # one slice copy per row, not per token
@@ -112,22 +126,24 @@ class ClasLoader(EpochLoader):
         self._start_epochs()
 
     # ---- plan -----------------------------------------------------------------------------
-    def _plan(self, epoch: int) -> list[np.ndarray]:
-        """This rank's batches (document indices) for `epoch` (cached)."""
+    def _plan(self, epoch: int) -> _Plan:
+        """This rank's batches (document indices, padded width) for `epoch` (cached)."""
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
         rng = np.random.RandomState([self.seed % 2**32, epoch, 0]) if self.shuffle else None
         batches = sorted_batches(self._lengths, self.global_bs, self.shuffle, rng)
         if self.drop_last and batches and len(batches[-1]) < self.global_bs:
             batches = batches[:-1]
-        mine = [b[self.rank :: self.world_size] for b in batches]
-        mine = [b for b in mine if len(b)]
-        self._cached = (epoch, mine)
-        return mine
+        lengths = self._lengths if self.max_len is None else np.minimum(self._lengths, self.max_len)
+        mine = [(b[self.rank :: self.world_size], int(lengths[b].max())) for b in batches]
+        mine = [(b, w) for b, w in mine if len(b)]
+        plan = _Plan([b for b, _ in mine], [w for _, w in mine])
+        self._cached = (epoch, plan)
+        return plan
 
     def batch_indices(self, epoch: int | None = None) -> list[np.ndarray]:
         """The document indices of each of this rank's batches in `epoch`."""
-        return [b.copy() for b in self._plan(self.epoch if epoch is None else epoch)]
+        return [b.copy() for b in self._plan(self.epoch if epoch is None else epoch).batches]
 
     def _doc(self, i: int) -> np.ndarray:
         d = self._ids[self._offsets[i] : self._offsets[i + 1]]
@@ -137,16 +153,16 @@ class ClasLoader(EpochLoader):
             d = d[len(d) - self.max_len :]  # the encoder keeps only the last max_len positions
         return d
 
-    def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = pad_batch([self._doc(int(i)) for i in idx], self.pad_id, self.bptt)
+    def _batch(self, idx: np.ndarray, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pad_batch([self._doc(int(i)) for i in idx], self.pad_id, self.bptt, width)
         return torch.from_numpy(x), torch.from_numpy(self._labels[idx].copy())
 
     # ---- iteration (EpochLoader) ---------------------------------------------------------
-    def _n_batches(self, plan: list[np.ndarray]) -> int:
-        return len(plan)
+    def _n_batches(self, plan: _Plan) -> int:
+        return len(plan.batches)
 
-    def _batch_at(self, plan: list[np.ndarray], i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._batch(plan[i])
+    def _batch_at(self, plan: _Plan, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._batch(plan.batches[i], plan.widths[i])
 
     # ---- display --------------------------------------------------------------------------
     def show_batch(
@@ -160,8 +176,8 @@ class ClasLoader(EpochLoader):
         itos = _itos(vocab)
         plan = self._plan(self.epoch)
         rows: list[tuple[str, str]] = []
-        if plan:
-            for i in plan[0][:n]:
+        if plan.batches:
+            for i in plan.batches[0][:n]:
                 toks = self._doc(int(i))[:trunc_at].tolist()
                 label = int(self._labels[i])
                 name = label_names[label] if label_names is not None and label >= 0 else str(label)

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from fastulm.kernels import masked_concat_pool
 from fastulm.model.awd_lstm import AWDLSTM
+from fastulm.model.batchnorm import GlobalBatchNorm1d
 from fastulm.model.config import AWDLSTMConfig, resolve_config
 
 
@@ -116,7 +117,7 @@ class SentenceEncoder(nn.Module):
 
 def lin_bn_drop(n_in: int, n_out: int, p: float, act: nn.Module | None) -> nn.Sequential:
     """BatchNorm -> Dropout (omitted when p == 0) -> Linear(no bias) -> act, fastai's indices."""
-    bn = nn.BatchNorm1d(n_in)
+    bn = GlobalBatchNorm1d(n_in)  # plain BatchNorm1d unless several processes train together
     nn.init.ones_(bn.weight)
     nn.init.constant_(bn.bias, 1e-3)
     layers: list[nn.Module] = [bn]

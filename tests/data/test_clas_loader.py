@@ -158,8 +158,9 @@ def test_ranks_together_cover_the_global_batch(shuffle):
             assert np.array_equal(r_idx[r][i], idx[r::3])
             rx, ry = r_batches[r][i]
             assert torch.equal(ry, y[r::3])
-            for row, ref in zip(rx, x[r::3]):  # same tokens, each rank pads its own rows
-                assert row[row != 1].tolist() == ref[ref != 1].tolist()
+            # the very rows one process pads: same width (the global batch's longest), so
+            # per-position means such as AR/TAR have the same normaliser on every rank
+            assert torch.equal(rx, x[r::3])
 
 
 @pytest.mark.parametrize("stop_at", [0, 2, 5])

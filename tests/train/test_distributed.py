@@ -65,3 +65,147 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
     for ra, rb in zip(a["rows"], b["rows"]):  # validation summed over both ranks' slices
         assert rb["valid_loss"] == pytest.approx(ra["valid_loss"], rel=1e-5)
         assert rb["accuracy"] == pytest.approx(ra["accuracy"], abs=1e-9)
+
+
+# ---- classifier: BatchNorm over the global batch, rows padded to the global width ----------
+
+
+def _bn_worker(rank, world_size, port, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        from fastulm.model.batchnorm import GlobalBatchNorm1d
+
+        torch.manual_seed(0)
+        x = torch.randn(12, 5) * 3 + 1
+        w = torch.randn(12, 5)  # a loss weight per output element
+        bn = GlobalBatchNorm1d(5)
+        nn_init = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            bn.weight.copy_(torch.rand(5, generator=nn_init) + 0.5)
+            bn.bias.copy_(torch.rand(5, generator=nn_init))
+        mine = x[rank::world_size].clone().requires_grad_()
+        for _ in range(2):  # two steps: running statistics accumulate
+            y = bn(mine)
+        (y * w[rank::world_size]).sum().backward()
+        grads = [bn.weight.grad.clone(), bn.bias.grad.clone()]
+        for g in grads:
+            dist.all_reduce(g)
+        torch.save(
+            {
+                "y": y.detach(),
+                "gx": mine.grad,
+                "gw": grads[0],
+                "gb": grads[1],
+                "mean": bn.running_mean,
+                "var": bn.running_var,
+            },
+            f"{out_path}.{rank}",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(tmp_path):
+    """Two ranks with half the rows each: outputs, input and parameter gradients and running
+    statistics equal torch's BatchNorm1d on all rows in one process."""
+    out = str(tmp_path / "bn")
+    mp.spawn(_bn_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    torch.manual_seed(0)
+    x = (torch.randn(12, 5) * 3 + 1).requires_grad_()
+    w = torch.randn(12, 5)
+    bn = torch.nn.BatchNorm1d(5)
+    nn_init = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(5, generator=nn_init) + 0.5)
+        bn.bias.copy_(torch.rand(5, generator=nn_init))
+    for _ in range(2):
+        y = bn(x)
+    (y * w).sum().backward()
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}", weights_only=True)
+        torch.testing.assert_close(got["y"], y.detach()[rank::2])
+        torch.testing.assert_close(got["gx"], x.grad[rank::2])
+        torch.testing.assert_close(got["gw"], bn.weight.grad)
+        torch.testing.assert_close(got["gb"], bn.bias.grad)
+        torch.testing.assert_close(got["mean"], bn.running_mean)
+        torch.testing.assert_close(got["var"], bn.running_var)
+
+
+def _clas_step_grads(rank, world_size, corpus, out_path):
+    """Gradients (averaged over ranks) and BatchNorm statistics after one unfrozen step on the
+    first global batch of the real loaders. Gradients, not trained weights, are compared:
+    the oneDNN LSTM sums a 4-row batch in another order than an 8-row one (relative
+    differences ~2e-6), and Adam's first steps turn such noise in near-zero gradient
+    entries into whole learning-rate steps."""
+    from fastulm.model import AWDLSTMConfig
+    from fastulm.train import distributed as ddp
+    from fastulm.train.regularizer import ar_tar
+    from fastulm.train.text_learners import text_classifier_learner
+
+    torch.set_num_threads(1)
+    # no dropout anywhere: masks are drawn per rank, so they cannot match one process's
+    config = AWDLSTMConfig.classifier(
+        0.0, bptt=8, max_len=96, emb_sz=16, n_hid=24, n_layers=2, head_ps=(0.0,)
+    )
+    learn = text_classifier_learner(
+        corpus,
+        bs=8,
+        bptt=8,
+        config=config,
+        path=os.path.dirname(out_path),
+        show_progress=False,
+        seed=0,
+    )
+    learn.unfreeze()
+    learn.model.train()
+    x, y = next(iter(learn.train_dl))
+    out = learn._forward(x, y)
+    (out["loss"] + ar_tar(out["raw"], out["dropped"], learn.alpha, learn.beta)).backward()
+    if world_size > 1:
+        ddp.all_reduce_mean_grads(learn.params, world_size)
+    if rank == 0:
+        grads = {k: p.grad for k, p in learn.model.named_parameters() if p.grad is not None}
+        bn = {k: v for k, v in learn.model.state_dict().items() if "running" in k}
+        torch.save({"grads": grads, "bn": bn, "width": x.shape[1]}, out_path)
+
+
+def _clas_worker(rank, world_size, port, corpus, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        _clas_step_grads(rank, world_size, corpus, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_single_process_classifier(tmp_path):
+    """The classifier under DDP (BatchNorm head, AR/TAR means over padded positions) takes
+    the step one process takes with the same global batch."""
+    from fastulm.tokenize import main as tokenize_main
+
+    rows = ["label,text,is_valid"]
+    words = ["great", "fun", "dull", "long", "superb", "cast", "awful", "plot", "loved", "boring"]
+    for i in range(64):  # every length differs, so each rank's own longest row would differ
+        body = " ".join(words[(3 * i + k) % len(words)] for k in range(2 + i))
+        rows.append(f'{"pos" if i % 2 else "neg"},"{body}.",{i % 4 == 0}')
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    corpus = str(tmp_path / "corpus")
+    argv = [str(tmp_path / "t.csv"), corpus, "--workers", "1", "--quiet"]
+    assert tokenize_main(argv) == 0
+    single = tmp_path / "single" / "m.pt"
+    single.parent.mkdir()
+    _clas_step_grads(0, 1, corpus, str(single))
+    double = tmp_path / "ddp" / "m.pt"
+    double.parent.mkdir()
+    mp.spawn(_clas_worker, args=(2, _free_port(), corpus, str(double)), nprocs=2, join=True)
+    a = torch.load(single, weights_only=True)
+    b = torch.load(double, weights_only=True)
+    assert a["width"] == b["width"]  # each rank pads to the global batch's longest document
+    assert a["grads"].keys() == b["grads"].keys() and len(a["grads"]) > 10
+    for name, value in a["grads"].items():  # error relative to each gradient's scale
+        err = (b["grads"][name] - value).abs().max() / value.abs().max()
+        assert err <= 1e-4, (name, float(err))
+    for name, value in a["bn"].items():
+        torch.testing.assert_close(b["bn"][name], value, msg=name)
