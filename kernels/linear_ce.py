@@ -93,38 +93,30 @@ def _ce_chunk_triton(z, target, loss, correct, ignore_index, inv_n, write_grad):
 def _ce_chunk_torch(z, target, loss, correct, ignore_index, inv_n, write_grad, work):
     """The kernel's maths in torch ops on a cache-sized chunk; returns the fp32 gradient.
 
-    The probabilities come from ATen's softmax into the fp32 ``work`` buffer (its vectorised
-    exp is about twice as fast as ``exp_`` here), and the loss from the target's probability,
-    ``-log p_t``; the few rows where ``p_t`` underflows get ``logsumexp - z_t`` instead, so
-    the loss stays exact. ``z`` keeps the logits. The accuracy count avoids a full argmax: a
-    row can only be right when its target reaches the row's largest probability, and only
-    those rows are searched with ``argmax`` on the logits, so the first maximum wins.
+    The probabilities come from ATen's softmax, in place (its vectorised exp is about twice
+    as fast as ``exp_`` here): over ``z`` itself when fp32, else over its fp32 upcast in
+    ``work``. The largest probability is ``1 / sum(exp(z - max))``, so the loss is
+    ``max - z_t - log(p_max)``: exact for every row, also where ``p_t`` underflows. The
+    accuracy count avoids a full argmax: a row can only be right when its target logit is
+    the row maximum, and only those rows are searched, so the first maximum wins.
     """
-    n = z.shape[0]
-    p = work[:n]
-    if z.dtype == torch.float32:
-        torch.ops.aten._softmax.out(z, 1, False, out=p)
-    else:  # CPU softmax has no bf16 -> fp32 variant: upcast, then softmax in place
-        torch.ops.aten._softmax.out(p.copy_(z), 1, False, out=p)
     valid = target != ignore_index
     safe_t = torch.where(valid, target, 0)[:, None]
-    p_t = p.gather(1, safe_t).squeeze(1)
-    row_loss = -p_t.log()
-    tiny = (p_t < 1e-30).nonzero().squeeze(1)
-    if tiny.numel():
-        zt = z[tiny].float()
-        row_loss[tiny] = zt.logsumexp(dim=1) - zt.gather(1, safe_t[tiny]).squeeze(1)
-    loss.copy_(torch.where(valid, row_loss, 0.0))
-    hit = valid & (p_t == p.amax(dim=1))
+    z_t = z.gather(1, safe_t).squeeze(1).float()
+    m = z.amax(dim=1).float()
+    hit = valid & (z_t == m)
     maybe = hit.nonzero().squeeze(1)
     if maybe.numel():
         hit[maybe] = z[maybe].argmax(dim=1) == target[maybe]
     correct.copy_(hit)
+    p = z if z.dtype == torch.float32 else work[: z.shape[0]].copy_(z)
+    torch.ops.aten._softmax.out(p, 1, False, out=p)
+    loss.copy_(torch.where(valid, m - z_t - p.amax(dim=1).log(), 0.0))
     if not write_grad:
         return p
     scale = torch.where(valid, inv_n, 0.0)[:, None]
     p.mul_(scale).scatter_add_(1, safe_t, -scale)
-    if z.dtype != torch.float32:
+    if p is not z:
         z.copy_(p)
     return p
 
@@ -132,19 +124,18 @@ def _ce_chunk_torch(z, target, loss, correct, ignore_index, inv_n, write_grad, w
 def chunk_rows_for(vocab: int, device_type: str = "cuda", dim: int = 0) -> int:
     """Rows per chunk: one chunk's fp32 logits under ``FASTULM_CE_CHUNK_MB``.
 
-    The default budget is 64 MB on a GPU (fewer, larger matmuls) and 4 MB on a CPU, where a
-    chunk that stays in cache between its matmul, softmax and gradient matmuls is the fast
-    one. On a CPU a chunk also has at least ``2 * dim`` rows: every chunk adds a rank-``rows``
-    update into the whole ``[vocab, dim]`` weight gradient, and below that the update's
-    memory traffic outweighs the cache gain (at 60k x 400, 17-row chunks take twice as long
-    as 800-row ones).
+    The default budget is 64 MB on a GPU (fewer, larger matmuls). On a CPU it is 4 MB, so
+    that a chunk stays in cache between its matmul, softmax and gradient matmuls -- raised to
+    ``2 * dim`` rows (within 64 MB): every chunk adds a rank-``rows`` update into the whole
+    ``[vocab, dim]`` weight gradient, and below that the update's memory traffic outweighs
+    the cache gain (at 60k x 400, 17-row chunks take twice as long as 279-row ones).
     """
-    default = "4" if device_type == "cpu" else "64"
-    budget = float(os.environ.get("FASTULM_CE_CHUNK_MB", default)) * 2**20
-    rows = max(1, int(budget // (4 * vocab)))
-    if device_type == "cpu" and "FASTULM_CE_CHUNK_MB" not in os.environ:
-        rows = max(rows, 2 * dim)
-    return rows
+    env = os.environ.get("FASTULM_CE_CHUNK_MB")
+    big = max(1, int(float(env or 64) * 2**20 // (4 * vocab)))
+    if device_type != "cpu" or env is not None:
+        return big
+    small = max(1, int(4 * 2**20 // (4 * vocab)))
+    return max(small, min(2 * dim, big))
 
 
 @torch.library.custom_op("fastulm::linear_cross_entropy", mutates_args=())
@@ -181,13 +172,15 @@ def _lce_op(
         grad_x = torch.empty_like(x)
         grad_w = torch.zeros(V, D, dtype=torch.float32, device=x.device)
         grad_b = None if bias is None else torch.zeros(V, dtype=torch.float32, device=x.device)
-    # one logits buffer (and the torch path's fp32 gradient buffer) reused by every chunk:
-    # on a CPU a fresh [rows, V] allocation per chunk costs more in page faults than the
-    # softmax, and a cache-sized chunk keeps the whole chain in cache
+    # one logits buffer (and, for bf16/fp16 on the torch path, its fp32 upcast) reused by
+    # every chunk: on a CPU a fresh [rows, V] allocation per chunk costs more in page faults
+    # than the softmax, and a cache-sized chunk keeps the whole chain in cache
     rows = min(chunk_rows, N)
     z_buf = torch.empty(rows, V, dtype=x.dtype, device=x.device)
     low = x.dtype != torch.float32
-    work = None if triton_path else torch.empty(rows, V, dtype=torch.float32, device=x.device)
+    work = None
+    if low and not triton_path:
+        work = torch.empty(rows, V, dtype=torch.float32, device=x.device)
     with torch.autocast(x.device.type, enabled=False):
         for s in range(0, N, rows):
             e = min(s + rows, N)
@@ -204,13 +197,12 @@ def _lce_op(
                 g32 = _ce_chunk_torch(*args, compute_grad, work)
             if not compute_grad:
                 continue
-            # d loss / d logits for these rows: in z (Triton), in g32 and z's dtype (torch)
-            g = g32 if g32 is not None and not low else z
-            torch.mm(g, weight, out=grad_x[s:e])
+            # z now holds d loss / d logits for these rows (g32: the same in fp32, torch path)
+            torch.mm(z, weight, out=grad_x[s:e])
             if not low:
-                grad_w.addmm_(g.t(), xc)
+                grad_w.addmm_(z.t(), xc)
             else:  # fp32 accumulation of a low-precision product
-                grad_w.add_(g.t() @ xc)
+                grad_w.add_(z.t() @ xc)
             if grad_b is not None:
                 grad_b.add_(z.sum(dim=0, dtype=torch.float32) if g32 is None else g32.sum(dim=0))
     loss = loss_rows.sum() / n_valid if n_valid else loss_rows.sum() * float("nan")

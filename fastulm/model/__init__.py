@@ -1,6 +1,7 @@
 """The AWD-LSTM model family: encoder, language model, classifier, weight I/O."""
 
 from fastulm.model.awd_lstm import AWDLSTM, WeightDropLSTM
+from fastulm.model.batchnorm import GlobalBatchNorm1d
 from fastulm.model.classifier import ClassifierOutput, TextClassifier, get_classifier
 from fastulm.model.config import AWDLSTMConfig
 from fastulm.model.encoder_io import EncoderMismatchError, load_encoder, save_encoder
@@ -12,6 +13,7 @@ __all__ = [
     "AWDLSTMConfig",
     "ClassifierOutput",
     "EncoderMismatchError",
+    "GlobalBatchNorm1d",
     "LMLoss",
     "LMOutput",
     "LanguageModel",

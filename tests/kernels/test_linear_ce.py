@@ -142,7 +142,8 @@ def test_chunk_size_budget(monkeypatch):
     assert chunk_rows_for(60000) == 64 * 2**20 // (4 * 60000)
     assert chunk_rows_for(60000, "cpu") == 4 * 2**20 // (4 * 60000)
     assert chunk_rows_for(9624, "cpu", 64) == 128  # 2 * 64 rows beat the 108 of the budget
-    assert chunk_rows_for(60000, "cpu", 400) == 800  # at least 2 * dim rows on a CPU
+    assert chunk_rows_for(60000, "cpu", 400) == 64 * 2**20 // (4 * 60000)  # 2 * dim, <= 64 MB
+    assert chunk_rows_for(30000, "cpu", 100) == 200
     assert chunk_rows_for(60000, "cuda", 400) == 64 * 2**20 // (4 * 60000)
 
 
