@@ -158,6 +158,7 @@ def _fastai(ft, imdb_sample, itos, run_dir, heldout):
             clas.freeze_to(st.freeze_to)
             clas.fit_one_cycle(st.epochs, st.lr_arg(), moms=P.moms)
     t_clas = time.perf_counter() - t0
+    clas_acc = float(clas.recorder.values[-1][2])  # read first: get_preds resets the recorder
     texts, labels = heldout
     with clas.no_bar():
         probs, _ = clas.get_preds(dl=clas.dls.test_dl(texts))
@@ -166,7 +167,7 @@ def _fastai(ft, imdb_sample, itos, run_dir, heldout):
         lm_time=t_lm,
         clas_time=t_clas,
         lm_acc=lm_acc,
-        clas_acc=float(clas.recorder.values[-1][2]),
+        clas_acc=clas_acc,
         heldout_acc=_accuracy([names[i] for i in probs.argmax(1).tolist()], labels),
     )
 
