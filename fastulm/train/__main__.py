@@ -47,7 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--wd", type=float, help="decoupled weight decay (0.01)")
         s.add_argument("--clip", type=float, help="clip the gradient norm to this value")
         s.add_argument(
-            "--mixed-precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"]
+            "--mixed-precision",
+            default="auto",
+            choices=["auto", "bf16", "fp16", "fp32"],
+            help="auto: bf16 (or fp16 + scaler) on a GPU, fp32 on a CPU; bf16 on a CPU with "
+            "avx512_bf16/AMX trains ~1.5x faster",
         )
         s.add_argument("--grad-checkpoint", action="store_true", help="recompute activations")
         s.add_argument("--backwards", action="store_true", help="read every document reversed")

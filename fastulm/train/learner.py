@@ -59,6 +59,8 @@ class Precision:
     """Mixed precision: bf16 autocast where the GPU has it, else fp16 with a gradient scaler.
 
     ``mode`` is ``auto`` (bf16/fp16 on CUDA, off on CPU), ``bf16``, ``fp16`` or ``fp32``.
+    On a CPU ``bf16`` is worth asking for where it is native (avx512_bf16, AMX): oneDNN's bf16
+    LSTM and matmuls are 1.7-4x faster there than fp32.
     """
 
     def __init__(self, mode: str, device: torch.device):
