@@ -175,7 +175,7 @@ def _lce_op(
     # one logits buffer (and, for bf16/fp16 on the torch path, its fp32 upcast) reused by
     # every chunk: on a CPU a fresh [rows, V] allocation per chunk costs more in page faults
     # than the softmax, and a cache-sized chunk keeps the whole chain in cache
-    rows = min(chunk_rows, N)
+    rows = max(1, min(chunk_rows, N))
     z_buf = torch.empty(rows, V, dtype=x.dtype, device=x.device)
     low = x.dtype != torch.float32
     work = None

@@ -73,6 +73,15 @@ def test_all_ignored_gives_nan_like_torch(backend):
     assert all((g == 0).all() for g in grads)
 
 
+def test_empty_batch_gives_nan_like_torch(backend):
+    x = torch.randn(0, 6, requires_grad=True)
+    w = torch.randn(11, 6, requires_grad=True)
+    target = torch.zeros(0, dtype=torch.long)
+    loss, n_correct = linear_cross_entropy(x, w, None, target)
+    ref, _ = linear_cross_entropy_reference(x, w, None, target)
+    assert torch.isnan(loss) and torch.isnan(ref) and n_correct.item() == 0
+
+
 def test_custom_ignore_index(backend):
     x, w, b, target, chunk = make_case("odd_sizes", torch.float32, "cpu", False)
     target[target == -100] = 7
