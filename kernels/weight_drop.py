@@ -9,15 +9,24 @@ activation checkpointing replays, so a recomputed forward gets the same mask.
 - Triton path: ``tl.rand(seed, offset)`` (Philox 4x32, 10 rounds) per element. Philox is plain
   Triton code, so the interpreter on a CPU and a CUDA GPU give the same mask for the same seed;
   :func:`philox_uniform_reference` is the same stream in numpy, for tests.
-- torch path: ``torch.rand`` from a ``torch.Generator`` seeded with ``seed`` (fast on a CPU;
-  deterministic in the seed, but a different stream from Triton's).
+- torch path, fp32/fp64 on a CPU: a splitmix64 hash of ``(seed, offset)`` per element, in one
+  numba pass that also applies the mask (25x faster than ``torch.rand`` + two multiplies at
+  1024 x 256; in the classifier, which redraws the mask for every bptt chunk, that was 6% of
+  an epoch). :func:`splitmix_keep_reference` is the same rule in plain Python, for tests.
+- torch path otherwise: ``torch.rand`` from a ``torch.Generator`` seeded with ``seed``.
+Each path is deterministic in the seed; the three are different streams.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 from fastulm.kernels.dispatch import INTERPRET, device_guard, tl, triton, use_triton
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX_A, _MIX_B = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_KEEP_BITS = 24  # the top 24 bits of each hash, compared with p * 2**24
 
 if triton is not None:
 
@@ -43,6 +52,45 @@ def _apply_triton(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     return out
 
 
+@numba.njit(nogil=True, cache=True)
+def _splitmix(z):
+    z = (z ^ (z >> np.uint64(30))) * _MIX_A
+    z = (z ^ (z >> np.uint64(27))) * _MIX_B
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(nogil=True, cache=True)
+def _drop_kernel(x, out, seed, threshold, scale):
+    base = _splitmix(np.uint64(seed))
+    shift = np.uint64(64 - _KEEP_BITS)
+    for i in range(x.size):
+        keep = (_splitmix(base + np.uint64(i + 1) * _GOLDEN) >> shift) >= threshold
+        out[i] = x[i] * scale if keep else x.dtype.type(0)
+
+
+def _apply_numba(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    x = x.detach().contiguous()
+    out = torch.empty_like(x)
+    threshold = np.uint64(round(p * 2**_KEEP_BITS))
+    scale = x.new_tensor(1.0 / (1.0 - p)).numpy()[()]  # the scale in x's own dtype
+    _drop_kernel(x.view(-1).numpy(), out.view(-1).numpy(), seed, threshold, scale)
+    return out
+
+
+def splitmix_keep_reference(seed: int, n: int, p: float) -> np.ndarray:
+    """bool [n]: the CPU numba path's keep mask, in plain Python integers."""
+    m64 = 2**64 - 1
+
+    def mix(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
+        return z ^ (z >> 31)
+
+    base, threshold = mix(seed), round(p * 2**_KEEP_BITS)
+    hashes = [mix((base + (i + 1) * 0x9E3779B97F4A7C15) & m64) for i in range(n)]
+    return np.array([h >> (64 - _KEEP_BITS) >= threshold for h in hashes])
+
+
 def _apply_torch(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     gen = torch.Generator(device=x.device).manual_seed(seed)
     # uniform >= p, as Triton's path does (2x faster than bernoulli_ on a CPU)
@@ -65,6 +113,8 @@ def _weight_drop_op(weight: torch.Tensor, p: float, seed: int) -> torch.Tensor:
         raise ValueError("weight_drop: tensors of 2**31 elements or more are not supported")
     if use_triton(weight.device):
         return _apply_triton(weight, p, seed)
+    if weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64):
+        return _apply_numba(weight, p, seed)
     return _apply_torch(weight, p, seed)
 
 

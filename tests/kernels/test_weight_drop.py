@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 import torch
 from fastulm.kernels import weight_drop
-from fastulm.kernels.weight_drop import philox_uniform_reference, weight_drop_reference
+from fastulm.kernels.weight_drop import (
+    philox_uniform_reference,
+    splitmix_keep_reference,
+    weight_drop_reference,
+)
 from kernel_helpers import (  # noqa: F401
     backend_fixture,
     device_fixture,
@@ -64,6 +68,25 @@ def test_mask_follows_seed(dtype, backend, device):
     g = torch.randn_like(a)
     (gw,) = torch.autograd.grad(a, w, g)
     torch.testing.assert_close(gw, weight_drop_reference(g, keep, p))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.9])
+def test_cpu_mask_is_splitmix(dtype, p, monkeypatch):
+    """The CPU numba path keeps exactly the entries the plain-Python splitmix64 rule keeps,
+    forward and backward, and a kept entry is scaled by 1 / (1 - p) in the weight's dtype."""
+    monkeypatch.setenv("FASTULM_KERNELS", "torch")
+    torch.manual_seed(1)
+    w = (torch.rand(23, 17, dtype=dtype) + 0.5).requires_grad_()
+    out = weight_drop(w, p, 987654321)
+    keep = torch.from_numpy(splitmix_keep_reference(987654321, w.numel(), p)).view(w.shape)
+    assert torch.equal(keep_mask(out, w), keep)
+    assert torch.equal(out, torch.where(keep, w.detach() * (1.0 / (1.0 - p)), 0.0).to(dtype))
+    g = torch.rand_like(w) + 0.5
+    (gw,) = torch.autograd.grad(out, w, g)
+    assert torch.equal(keep_mask(gw, g), keep)
+    big = weight_drop(torch.ones(200_000, dtype=dtype), p, 5)  # 4 sigma of 1 - p
+    assert abs((big != 0).double().mean().item() - (1 - p)) < 4 * (p * (1 - p) / 200_000) ** 0.5
 
 
 def test_nothing_saved_for_backward(backend):
