@@ -179,7 +179,8 @@ def run(args) -> int:
         last = learn.history["epochs"][-1] if learn.history["epochs"] else {}
         acc = last.get("accuracy", float("nan"))
         print(f"done in {time.monotonic() - t0:.0f} s: valid accuracy {acc:.4f}; wrote {run_dir}")
-    if ctx.active:
+    if ctx.active:  # every rank done before any tears down gloo (else it can SIGABRT at exit)
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
 

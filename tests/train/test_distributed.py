@@ -43,13 +43,14 @@ def _train(rank, world_size, out_path):
         torch.save({"model": learn.model.state_dict(), "rows": learn.history["epochs"]}, out_path)
 
 
-def _worker(rank, world_size, port, out_path):
+def _rank(rank, fn, world_size, port, *args):
+    """One rank: init, run, and -- only once every rank is done -- tear gloo down: a rank that
+    destroys its group while the other still talks to it can SIGABRT at exit."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        _train(rank, world_size, out_path)
-    finally:
-        dist.destroy_process_group()
+    fn(rank, world_size, *args)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -57,7 +58,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
     single = tmp_path / "single.pt"
     _train(0, 1, str(single))
     double = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(double)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(_train, 2, _free_port(), str(double)), nprocs=2, join=True)
     a = torch.load(single, weights_only=True)
     b = torch.load(double, weights_only=True)
     for name, value in a["model"].items():
@@ -70,47 +71,42 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
 # ---- classifier: BatchNorm over the global batch, rows padded to the global width ----------
 
 
-def _bn_worker(rank, world_size, port, out_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        from fastulm.model.batchnorm import GlobalBatchNorm1d
+def _bn_rank(rank, world_size, out_path):
+    from fastulm.model.batchnorm import GlobalBatchNorm1d
 
-        torch.manual_seed(0)
-        x = torch.randn(12, 5) * 3 + 1
-        w = torch.randn(12, 5)  # a loss weight per output element
-        bn = GlobalBatchNorm1d(5)
-        nn_init = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            bn.weight.copy_(torch.rand(5, generator=nn_init) + 0.5)
-            bn.bias.copy_(torch.rand(5, generator=nn_init))
-        mine = x[rank::world_size].clone().requires_grad_()
-        for _ in range(2):  # two steps: running statistics accumulate
-            y = bn(mine)
-        (y * w[rank::world_size]).sum().backward()
-        grads = [bn.weight.grad.clone(), bn.bias.grad.clone()]
-        for g in grads:
-            dist.all_reduce(g)
-        torch.save(
-            {
-                "y": y.detach(),
-                "gx": mine.grad,
-                "gw": grads[0],
-                "gb": grads[1],
-                "mean": bn.running_mean,
-                "var": bn.running_var,
-            },
-            f"{out_path}.{rank}",
-        )
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    x = torch.randn(12, 5) * 3 + 1
+    w = torch.randn(12, 5)  # a loss weight per output element
+    bn = GlobalBatchNorm1d(5)
+    nn_init = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(5, generator=nn_init) + 0.5)
+        bn.bias.copy_(torch.rand(5, generator=nn_init))
+    mine = x[rank::world_size].clone().requires_grad_()
+    for _ in range(2):  # two steps: running statistics accumulate
+        y = bn(mine)
+    (y * w[rank::world_size]).sum().backward()
+    grads = [bn.weight.grad.clone(), bn.bias.grad.clone()]
+    for g in grads:
+        dist.all_reduce(g)
+    torch.save(
+        {
+            "y": y.detach(),
+            "gx": mine.grad,
+            "gw": grads[0],
+            "gb": grads[1],
+            "mean": bn.running_mean,
+            "var": bn.running_var,
+        },
+        f"{out_path}.{rank}",
+    )
 
 
 def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(tmp_path):
     """Two ranks with half the rows each: outputs, input and parameter gradients and running
     statistics equal torch's BatchNorm1d on all rows in one process."""
     out = str(tmp_path / "bn")
-    mp.spawn(_bn_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_rank, args=(_bn_rank, 2, _free_port(), out), nprocs=2, join=True)
     torch.manual_seed(0)
     x = (torch.randn(12, 5) * 3 + 1).requires_grad_()
     w = torch.randn(12, 5)
@@ -170,15 +166,6 @@ def _clas_step_grads(rank, world_size, corpus, out_path):
         torch.save({"grads": grads, "bn": bn, "width": x.shape[1]}, out_path)
 
 
-def _clas_worker(rank, world_size, port, corpus, out_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        _clas_step_grads(rank, world_size, corpus, out_path)
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_two_gloo_ranks_match_single_process_classifier(tmp_path):
     """The classifier under DDP (BatchNorm head, AR/TAR means over padded positions) takes
@@ -199,7 +186,8 @@ def test_two_gloo_ranks_match_single_process_classifier(tmp_path):
     _clas_step_grads(0, 1, corpus, str(single))
     double = tmp_path / "ddp" / "m.pt"
     double.parent.mkdir()
-    mp.spawn(_clas_worker, args=(2, _free_port(), corpus, str(double)), nprocs=2, join=True)
+    args = (_clas_step_grads, 2, _free_port(), corpus, str(double))
+    mp.spawn(_rank, args=args, nprocs=2, join=True)
     a = torch.load(single, weights_only=True)
     b = torch.load(double, weights_only=True)
     assert a["width"] == b["width"]  # each rank pads to the global batch's longest document
