@@ -3,8 +3,9 @@
 At bs 48 x bptt 70 x vocab 60k the decoder's logits are ~800 MB in fp32 and autograd keeps
 them plus their gradient of the same size. Here the rows go through in chunks of at most
 ~``FASTULM_CE_CHUNK_MB`` MB of fp32 logits (64 on a GPU; on a CPU 4, or ``2 * D`` rows when
-that is more, see :func:`chunk_rows_for`): each chunk's logits are turned into their gradient ``(softmax - onehot) / n_valid``, which is multiplied straight into
-``grad_x``, ``grad_W`` and ``grad_b`` (fp32 accumulators), and dropped. The gradients are
+that is more, see :func:`chunk_rows_for`): each chunk's logits are turned into their
+gradient ``(softmax - onehot) / n_valid``, which is multiplied straight into ``grad_x``,
+``grad_W`` and ``grad_b`` (fp32 accumulators), and dropped. The gradients are
 computed in the forward (as Liger-Kernel's fused linear cross-entropy does) when autograd
 needs them, so the whole step costs the three matmuls of the unfused version and the backward
 only scales them by the incoming gradient. The accuracy count comes out of the same pass.
