@@ -141,8 +141,9 @@ def _fwd_torch(x: torch.Tensor, meta: torch.Tensor, out: torch.Tensor, arg: torc
     out[:, :H] = x[rows, last]
     # mean: one batched matmul with the 0/1 row masks, no masked copy of x
     real = (~pad).to(x.dtype)[:, None, :]
-    total = torch.bmm(real, x).squeeze(1).float()
-    out[:, 2 * H :] = total / (end - start).float()[:, None]
+    acc = torch.promote_types(x.dtype, torch.float32)  # fp32 sums for half types, fp64 kept
+    total = torch.bmm(real, x).squeeze(1).to(acc)
+    out[:, 2 * H :] = total / (end - start).to(acc)[:, None]
     run_max = torch.full((bs, H), float("-inf"), dtype=x.dtype, device=x.device)
     run_arg = torch.zeros(bs, H, dtype=torch.long, device=x.device)
     for t0 in range(0, T, _TIME_BLOCK):
@@ -163,7 +164,8 @@ def _bwd_torch(g: torch.Tensor, arg: torch.Tensor, meta: torch.Tensor, gx: torch
     start, end, last = (meta[:, i].long() for i in range(3))
     pos = torch.arange(T, device=gx.device)
     real = ((pos >= start[:, None]) & (pos < end[:, None])).to(gx.dtype)
-    g_mean = (g[:, 2 * H :].float() / (end - start).float()[:, None]).to(gx.dtype)
+    acc = torch.promote_types(gx.dtype, torch.float32)
+    g_mean = (g[:, 2 * H :].to(acc) / (end - start).to(acc)[:, None]).to(gx.dtype)
     torch.mul(real[:, :, None], g_mean[:, None, :], out=gx)  # the only [bs, seq, hidden] write
     gx.scatter_add_(1, arg[:, None, :].long(), g[:, None, H : 2 * H])
     rows = torch.arange(bs, device=gx.device)

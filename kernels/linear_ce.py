@@ -103,19 +103,20 @@ def _ce_chunk_torch(z, target, loss, correct, ignore_index, inv_n, write_grad, w
     """
     valid = target != ignore_index
     safe_t = torch.where(valid, target, 0)[:, None]
-    z_t = z.gather(1, safe_t).squeeze(1).float()
-    m = z.amax(dim=1).float()
+    acc = loss.dtype  # fp32, or fp64 for fp64 inputs
+    z_t = z.gather(1, safe_t).squeeze(1).to(acc)
+    m = z.amax(dim=1).to(acc)
     hit = valid & (z_t == m)
     maybe = hit.nonzero().squeeze(1)
     if maybe.numel():
         hit[maybe] = z[maybe].argmax(dim=1) == target[maybe]
     correct.copy_(hit)
-    p = z if z.dtype == torch.float32 else work[: z.shape[0]].copy_(z)
+    p = z if z.dtype == acc else work[: z.shape[0]].copy_(z)
     torch.ops.aten._softmax.out(p, 1, False, out=p)
     loss.copy_(torch.where(valid, m - z_t - p.amax(dim=1).log(), 0.0))
     if not write_grad:
         return p
-    scale = torch.where(valid, inv_n, 0.0)[:, None]
+    scale = valid.to(acc)[:, None] * inv_n
     p.mul_(scale).scatter_add_(1, safe_t, -scale)
     if p is not z:
         z.copy_(p)
@@ -166,22 +167,23 @@ def _lce_op(
     inv_n = 1.0 / max(n_valid, 1)
     triton_path = use_triton(x.device)
     target = target.contiguous()
-    loss_rows = torch.empty(N, dtype=torch.float32, device=x.device)
+    acc = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 accumulate in fp32
+    loss_rows = torch.empty(N, dtype=acc, device=x.device)
     correct = torch.empty(N, dtype=torch.int32, device=x.device)
     empty = x.new_empty(0)
     if compute_grad:
         grad_x = torch.empty_like(x)
-        grad_w = torch.zeros(V, D, dtype=torch.float32, device=x.device)
-        grad_b = None if bias is None else torch.zeros(V, dtype=torch.float32, device=x.device)
+        grad_w = torch.zeros(V, D, dtype=acc, device=x.device)
+        grad_b = None if bias is None else torch.zeros(V, dtype=acc, device=x.device)
     # one logits buffer (and, for bf16/fp16 on the torch path, its fp32 upcast) reused by
     # every chunk: on a CPU a fresh [rows, V] allocation per chunk costs more in page faults
     # than the softmax, and a cache-sized chunk keeps the whole chain in cache
     rows = max(1, min(chunk_rows, N))
     z_buf = torch.empty(rows, V, dtype=x.dtype, device=x.device)
-    low = x.dtype != torch.float32
+    low = x.dtype != acc
     work = None
     if low and not triton_path:
-        work = torch.empty(rows, V, dtype=torch.float32, device=x.device)
+        work = torch.empty(rows, V, dtype=acc, device=x.device)
     with torch.autocast(x.device.type, enabled=False):
         for s in range(0, N, rows):
             e = min(s + rows, N)
@@ -205,7 +207,7 @@ def _lce_op(
             else:  # fp32 accumulation of a low-precision product
                 grad_w.add_(z.t() @ xc)
             if grad_b is not None:
-                grad_b.add_(z.sum(dim=0, dtype=torch.float32) if g32 is None else g32.sum(dim=0))
+                grad_b.add_(z.sum(dim=0, dtype=acc) if g32 is None else g32.sum(dim=0))
     loss = loss_rows.sum() / n_valid if n_valid else loss_rows.sum() * float("nan")
     n_correct = correct.sum(dtype=torch.int64)
     if not compute_grad:  # three distinct empties: custom-op outputs may not alias
@@ -216,7 +218,7 @@ def _lce_op(
 
 @_lce_op.register_fake
 def _(x, weight, bias, target, ignore_index, compute_grad, chunk_rows):
-    loss = x.new_empty((), dtype=torch.float32)
+    loss = x.new_empty((), dtype=torch.promote_types(x.dtype, torch.float32))
     n_correct = x.new_empty((), dtype=torch.int64)
     empty = x.new_empty(0)
     if not compute_grad:
@@ -238,7 +240,7 @@ def _backward(ctx, grad_loss, _g_correct, _g_gx, _g_gw, _g_gb):
     grad_x, grad_w, grad_b = ctx.saved_tensors
     if grad_x is None:
         raise RuntimeError("linear_cross_entropy: backward through a call made without grad")
-    g = grad_loss.to(torch.float32)
+    g = grad_loss.to(torch.promote_types(grad_loss.dtype, torch.float32))
     if type(grad_loss) is torch.Tensor:
         # eager: scale the gradients computed in the forward in place, so no second [V, D]
         # buffer exists; a second backward through a retained graph then fails autograd's
@@ -289,6 +291,7 @@ def linear_cross_entropy_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The unfused formula (full logits in memory): the exact reference for tests."""
     logits = F.linear(x, weight, bias)
-    loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    loss = F.cross_entropy(logits.to(acc), target, ignore_index=ignore_index)
     n_correct = ((logits.argmax(dim=-1) == target) & (target != ignore_index)).sum()
     return loss, n_correct

@@ -194,7 +194,8 @@ class TextClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ClassifierOutput:
         out, mask, late_start = self._modules["0"](x)
-        logits = self.head(out, mask, late_start).float()
+        logits = self.head(out, mask, late_start)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp64 stays fp64
         return ClassifierOutput(logits, out, out)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:

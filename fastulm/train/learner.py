@@ -220,13 +220,14 @@ class Learner:
         self._last_ckpt = time.monotonic()
         if self.show_progress and start_epoch < n_epoch:
             print(self._table_header())
+        if start_epoch == 0 and start_step == 0:
+            self._smooth = [0.0, 0]  # one average per fit, as fastai's Recorder
         for epoch in range(start_epoch, n_epoch):
             self.epoch = epoch
             t0 = time.monotonic()
             resuming = epoch == start_epoch and start_step > 0
             if not resuming:
                 self.train_dl.set_epoch(self._epoch_seed(fit_id, epoch))
-                self._smooth = [0.0, 0]
                 self._skipped = 0
                 self._reset_model()
             self._train_epoch(sched, epoch, start_step if resuming else 0)
@@ -319,7 +320,8 @@ class Learner:
             out["n"] = out.get("n_tokens", y.numel())
             return out
         out = _as_dict(self.model(x))
-        logits = out["logits"].float()
+        logits = out["logits"]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         out["loss"] = F.cross_entropy(logits, y)
         out["n_correct"] = (logits.argmax(-1) == y).sum()
         out["n"] = y.numel()

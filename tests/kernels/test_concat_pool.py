@@ -148,3 +148,16 @@ def test_autocast_bf16_keeps_input_dtype(backend, device):
     assert gx.dtype == torch.float32
     ref = masked_concat_pool_reference(h.detach().float(), mask, bptt)
     assert rel_err(out, ref) <= REL_TOL[torch.bfloat16]
+
+
+def test_float64_torch_path_is_fp64_throughout(monkeypatch):
+    """fp64 inputs keep fp64 sums on the torch path (the mean is not rounded to fp32)."""
+    monkeypatch.setenv("FASTULM_KERNELS", "torch")
+    bs, T, H, bptt, rows = LAYOUTS["pad_chunk"]
+    torch.manual_seed(0)
+    x = torch.randn(bs, T, H, dtype=torch.float64, requires_grad=True)
+    mask = make_mask(bs, T, rows, "cpu")
+    out = masked_concat_pool(x, mask, bptt)
+    assert out.dtype == torch.float64
+    assert rel_err(out, masked_concat_pool_reference(x, mask, bptt)) <= 1e-14
+    assert torch.autograd.gradcheck(lambda t: masked_concat_pool(t, mask, bptt), (x,))

@@ -222,3 +222,18 @@ def test_autocast_fp16_with_grad_scaler(backend):
     ref_grads = torch.autograd.grad(ref, [x, w, b])
     for g, gr in zip(grads, ref_grads):
         assert rel_err(g, gr) <= 5e-3
+
+
+def test_float64_torch_path_is_fp64_throughout(monkeypatch):
+    """fp64 inputs keep fp64 sums (loss, gradients) on the torch path."""
+    monkeypatch.setenv("FASTULM_KERNELS", "torch")
+    x, w, b, target, chunk = make_case("odd_sizes", torch.float64, "cpu", True)
+    loss, n_correct = linear_cross_entropy(x, w, b, target, chunk_rows=chunk)
+    ref_loss, ref_correct = linear_cross_entropy_reference(x, w, b, target)
+    assert loss.dtype == torch.float64
+    assert abs(loss.item() - ref_loss.item()) <= 1e-12 * abs(ref_loss.item())
+    assert n_correct.item() == ref_correct.item()
+    grads = torch.autograd.grad(loss, (x, w, b))
+    ref_grads = torch.autograd.grad(ref_loss, (x, w, b))
+    for g, gr in zip(grads, ref_grads):
+        assert g.dtype == torch.float64 and rel_err(g, gr) <= 1e-12
