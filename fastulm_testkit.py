@@ -48,3 +48,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def fastai_weight_drop_off(model) -> None:
+    """Switch off every fastai WeightDropout in ``model`` without hitting its p=0 bug.
+
+    Under recent torch ``F.dropout(p=0)`` returns the Parameter itself, which WeightDropout
+    then stores on the LSTM and its ``reset`` fails on; p = 1e-12 keeps every weight and
+    scales by exactly 1.0 in fp32.
+    """
+    import fastai.text.all as fastai_text
+
+    for m in model.modules():
+        if isinstance(m, fastai_text.WeightDropout):
+            m.weight_p = 1e-12

@@ -61,3 +61,9 @@ def device_guard(t: torch.Tensor):
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where sums and losses are kept: fp32 for half types, the input's own dtype otherwise
+    (fp64 stays fp64, so fp64 checks are exact)."""
+    return torch.promote_types(dtype, torch.float32)

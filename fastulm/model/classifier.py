@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fastulm.kernels import masked_concat_pool
+from fastulm.kernels.dispatch import acc_dtype
 from fastulm.model.awd_lstm import AWDLSTM
 from fastulm.model.batchnorm import GlobalBatchNorm1d
 from fastulm.model.config import AWDLSTMConfig, resolve_config
@@ -195,7 +196,7 @@ class TextClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> ClassifierOutput:
         out, mask, late_start = self._modules["0"](x)
         logits = self.head(out, mask, late_start)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp64 stays fp64
+        logits = logits.to(acc_dtype(logits.dtype))
         return ClassifierOutput(logits, out, out)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from fastulm.kernels.dispatch import acc_dtype
 from fastulm.train import checkpoint as ckpt
 from fastulm.train import distributed as ddp
 from fastulm.train.carried import carried_state, restore_carried_state
@@ -321,7 +322,7 @@ class Learner:
             return out
         out = _as_dict(self.model(x))
         logits = out["logits"]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logits = logits.to(acc_dtype(logits.dtype))
         out["loss"] = F.cross_entropy(logits, y)
         out["n_correct"] = (logits.argmax(-1) == y).sum()
         out["n"] = y.numel()

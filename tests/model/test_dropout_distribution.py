@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fastulm.model import AWDLSTMConfig, get_language_model
+from fastulm_testkit import fastai_weight_drop_off
 
 pytestmark = pytest.mark.reference
 
@@ -39,9 +40,8 @@ def test_lm_dropout_matches_fastai_in_distribution(fastai_text, kind):
             p.mul_(6)
     ours = get_language_model(V, AWDLSTMConfig.lm(1.0, **SMALL), **sizes)
     ours.load_state_dict(ref.state_dict())
-    if kind != "weight_p":  # fastai's WeightDropout fails at p=0 under recent torch
-        for r in ref[0].rnns:
-            r.weight_p = 1e-12
+    if kind != "weight_p":
+        fastai_weight_drop_off(ref)
     ref.train()
     ours.train()
     g = torch.Generator().manual_seed(2)

@@ -18,6 +18,7 @@ import torch
 
 from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
 from fastulm.train.learner import Learner
+from fastulm_testkit import fastai_weight_drop_off
 
 pytestmark = pytest.mark.reference
 
@@ -50,12 +51,8 @@ def float64():
     torch.set_default_dtype(before)
 
 
-def no_dropout(ft, ref, ours):
-    # fastai's WeightDropout at p=0 gets the Parameter itself back from F.dropout under
-    # recent torch and then fails in reset(); 1e-12 keeps every weight and scales by 1.0
-    for r in ref.modules():
-        if isinstance(r, ft.WeightDropout):
-            r.weight_p = 1e-12
+def no_dropout(ref, ours):
+    fastai_weight_drop_off(ref)
     for m in [*ref.modules(), *ours.modules()]:
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
@@ -128,7 +125,7 @@ def test_lm_fits_match_fastai(fastai_text, tmp_path):
     )
     ours = get_language_model(V, AWDLSTMConfig.lm(0.0, **SMALL))
     ours.load_state_dict(ref.state_dict())
-    no_dropout(ft, ref, ours)
+    no_dropout(ref, ours)
     theirs, mine = side_by_side(ft, ref, ours, "lm", ft.awd_lstm_lm_split, train, valid, tmp_path)
     rows = run_both(
         theirs,
@@ -167,7 +164,7 @@ def test_classifier_gradual_unfreezing_matches_fastai(fastai_text, float64, tmp_
     )
     ours = get_classifier(V, 2, bptt=bptt, max_len=max_len, drop_mult=0.0, **SMALL)
     ours.load_state_dict(ref.state_dict())
-    no_dropout(ft, ref, ours)
+    no_dropout(ref, ours)
     theirs, mine = side_by_side(
         ft, ref, ours, "clas", ft.awd_lstm_clas_split, train, valid, tmp_path
     )
