@@ -7,15 +7,16 @@ ways: ``encoder.weight``, ``encoder_dp.emb.weight`` (the same tensor),
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from fastulm.kernels import weight_drop
 from fastulm.model.config import AWDLSTMConfig
 from fastulm.model.dropouts import EmbeddingDropout, RNNDropout
+from fastulm.model.recompute import recompute
 
 State = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (h, c), each [1, bs, n_out]
 
@@ -148,7 +149,8 @@ class AWDLSTM(nn.Module):
         for i in range(self.n_layers):
             h, c = state[i]
             if checkpoint_layers and torch.is_grad_enabled():
-                out, h, c = checkpoint(self._layer, i, out, h, c, use_reentrant=False)
+                layer = functools.partial(self._layer, i)
+                out, h, c = recompute(layer, out, h, c, params=self.rnns[i].parameters())
             else:
                 out, h, c = self._layer(i, out, h, c)
             new_state.append((h, c))

@@ -3,7 +3,7 @@ masked concat-pooling head.
 
 Gradient checkpointing (``config.checkpoint``) wraps each bptt chunk inside the kept window:
 only the chunk's output and its final (h, c) stay alive, the LSTM internals are recomputed in
-backward with the same dropout masks (RNG state restored, ``use_reentrant=False``). Under
+backward with the same dropout masks (see recompute.py: the first pass runs without autograd). Under
 autocast the logits are returned in fp32 and ``raw`` in the compute dtype (see lm.py).
 """
 
@@ -14,13 +14,13 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from fastulm.kernels import masked_concat_pool
 from fastulm.kernels.dispatch import acc_dtype
 from fastulm.model.awd_lstm import AWDLSTM
 from fastulm.model.batchnorm import GlobalBatchNorm1d
 from fastulm.model.config import AWDLSTMConfig, resolve_config
+from fastulm.model.recompute import recompute
 
 
 @dataclass
@@ -101,7 +101,8 @@ class SentenceEncoder(nn.Module):
                 with torch.no_grad():
                     out, *new_flat = self._chunk(sub_ids, *sub_flat)
             elif use_ckpt:
-                out, *new_flat = checkpoint(self._chunk, sub_ids, *sub_flat, use_reentrant=False)
+                params = self.module.parameters()
+                out, *new_flat = recompute(self._chunk, sub_ids, *sub_flat, params=params)
             else:
                 out, *new_flat = self._chunk(sub_ids, *sub_flat)
             new_flat = [t.detach().to(f.dtype) for t, f in zip(new_flat, flat)]
