@@ -77,7 +77,10 @@ class WeightDropLSTM(nn.Module):
         weights = [m.weight_ih_l0, self.dropped_weight(), m.bias_ih_l0, m.bias_hh_l0]
         if x.is_cuda:
             weights = _cudnn_flat(weights)
-        out, h, c = torch.lstm(x, state, weights, True, 1, 0.0, self.training, False, True)
+        # train=True asks cuDNN for its training forward (it keeps a reserve for backward);
+        # without autograd (eval, checkpointing's first pass) that is wasted work
+        train = self.training and torch.is_grad_enabled()
+        out, h, c = torch.lstm(x, state, weights, True, 1, 0.0, train, False, True)
         return out, (h, c)
 
     def extra_repr(self) -> str:
