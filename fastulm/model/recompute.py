@@ -3,8 +3,8 @@
 ``torch.utils.checkpoint`` (non-reentrant) runs the first pass with autograd on and only
 drops what it saves, so the LSTM still runs its training kernels there: oneDNN's and cuDNN's
 training forwards write a workspace (the gates of every step) that is then thrown away. Here
-the first pass runs under ``no_grad`` and gets the inference kernels (on this CPU 22% faster
-than the training forward), and the backward reruns ``fn`` with autograd, the RNG state and
+the first pass runs under ``no_grad`` and gets the inference kernels (oneDNN's is about 30%
+faster than its training forward for a 1152-wide layer at bs 12), and the backward reruns ``fn`` with autograd, the RNG state and
 the autocast state of the first pass, so every dropout mask replays.
 
 The function's parameters are passed in as inputs, so their gradients come back through
