@@ -203,3 +203,22 @@ def test_lm_from_pretrained_weights(small_corpus, tmp_path, capsys):
     assert train_main([*argv[:2], str(tmp_path / "bad"), *argv[3:], "--epochs", "0"]) == 1
     assert "list of strings" in _one_error_line(capsys)
     assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+def test_grad_checkpoint_trains_the_same_models(small_corpus, tmp_path):
+    """``--grad-checkpoint`` only trades compute for memory: with every dropout mask replayed,
+    both stages end at the weights they reach without it (to rounding: the first pass runs the
+    LSTM's inference kernels, the recompute its training kernels)."""
+    runs = {}
+    for flag in ([], ["--grad-checkpoint"]):
+        root = tmp_path / ("ckpt" if flag else "plain")
+        lm, clas = root / "lm", root / "clas"
+        assert train_main(["lm", str(small_corpus), str(lm), *TINY, "--epochs", "1", *flag]) == 0
+        clas_args = ["--encoder", str(lm), "--final-epochs", "1", *flag]
+        assert train_main(["clas", str(small_corpus), str(clas), *TINY, *clas_args]) == 0
+        runs[bool(flag)] = [load_file(d / "model.safetensors") for d in (lm, clas)]
+    for plain, ckpt in zip(runs[False], runs[True]):
+        assert plain.keys() == ckpt.keys() and len(plain) >= 10
+        for k in plain:
+            a, b = plain[k].double(), ckpt[k].double()
+            assert (a - b).norm() <= 1e-4 * a.norm() + 1e-6, k
