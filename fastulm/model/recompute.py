@@ -4,8 +4,9 @@
 drops what it saves, so the LSTM still runs its training kernels there: oneDNN's and cuDNN's
 training forwards write a workspace (the gates of every step) that is then thrown away. Here
 the first pass runs under ``no_grad`` and gets the inference kernels (oneDNN's is about 30%
-faster than its training forward for a 1152-wide layer at bs 12), and the backward reruns ``fn`` with autograd, the RNG state and
-the autocast state of the first pass, so every dropout mask replays.
+faster than its training forward for a 1152-wide layer at bs 12), and the backward reruns
+``fn`` with autograd, the RNG state and the autocast state of the first pass, so every
+dropout mask replays.
 
 The function's parameters are passed in as inputs, so their gradients come back through
 autograd like any other: ``loss.backward()``, ``torch.autograd.grad`` and DDP's hooks all see
@@ -53,13 +54,14 @@ class _Recompute(torch.autograd.Function):
             with torch.autocast(device.type, dtype=dtype, enabled=enabled):
                 outs = ctx.fn(*inputs)
         used = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
-        wrt = [t for t in (*inputs, *params) if t.requires_grad]
-        got = iter(
-            torch.autograd.grad([o for o, _ in used], wrt, [g for _, g in used], allow_unused=True)
-            if used and wrt
-            else [None] * len(wrt)
-        )
-        return None, None, *(next(got) if t.requires_grad else None for t in (*inputs, *params))
+        every = (*inputs, *params)
+        wrt = [t for t in every if t.requires_grad]
+        got = [None] * len(wrt)
+        if used and wrt:
+            outs, grads = zip(*used)
+            got = torch.autograd.grad(outs, wrt, grads, allow_unused=True)
+        got = iter(got)
+        return None, None, *(next(got) if t.requires_grad else None for t in every)
 
 
 def recompute(
