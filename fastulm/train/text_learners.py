@@ -122,13 +122,16 @@ class LMLearner(TextLearner):
         self,
         text: str,
         n_words: int = 1,
-        temperature: float = 1.0,
         no_unk: bool = True,
+        temperature: float = 1.0,
         min_p: float | None = None,
         seed: int | None = None,
         n_sentences: int | None = None,
     ) -> str:
-        """The prompt continued by ``n_words`` sampled tokens, as readable text."""
+        """The prompt continued by ``n_words`` sampled tokens, as readable text.
+
+        The leading arguments are in fastai's order (text, n_words, no_unk, temperature).
+        """
         from fastulm.generation import generate_text
 
         return generate_text(
@@ -157,10 +160,10 @@ class ClassifierLearner(TextLearner):
         load_encoder(self.model, self._model_file(name, ""), self.vocab)
         return self
 
-    def predict(self, text: str) -> tuple[str, torch.Tensor]:
-        """(label name, class probabilities) for one text."""
+    def predict(self, text: str) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """(label name, label index, class probabilities) for one text, as fastai returns."""
         labels, probs = self.predict_texts([text])
-        return labels[0], probs[0]
+        return labels[0], probs[0].argmax(), probs[0]
 
     def predict_texts(self, texts: Sequence[str], bs: int = 64) -> tuple[list[str], torch.Tensor]:
         backwards = getattr(self, "settings", {}).get("backwards", False)

@@ -59,7 +59,7 @@ def test_walkthrough_api(corpus, tmp_path):
     learn.fit_one_cycle(1, 1e-3)
     learn.load("fit_head")
     text = learn.predict("Truly great", n_words=5, temperature=0.75, seed=0)
-    assert text.startswith("Truly great") and text == learn.predict("Truly great", 5, 0.75, seed=0)
+    assert text.startswith("Truly great") and text == learn.predict("Truly great", 5, True, 0.75, seed=0)
     learn.save_encoder("fine_tuned_enc")
 
     clas = fastulm.text_classifier_learner(corpus, drop_mult=0.5, bs=8, bptt=8, **kw)
@@ -70,7 +70,7 @@ def test_walkthrough_api(corpus, tmp_path):
     clas.fit_one_cycle(1, 2e-2)
     clas.freeze_to(-2)
     clas.fit_one_cycle(1, slice(1e-2 / 2.6**4, 1e-2))
-    label, probs = clas.predict("I really loved that movie, it was awesome!")
-    assert label in corpus.label_names
+    label, idx, probs = clas.predict("I really loved that movie, it was awesome!")
+    assert label in corpus.label_names and label == corpus.label_names[int(idx)]
     assert probs.shape == (2,) and float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
     assert label == corpus.label_names[int(probs.argmax())]
