@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import torch
 
@@ -28,6 +29,32 @@ except Exception:  # ImportError, or a broken install on an unsupported platform
     tl = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run these kernels here, if it cannot.
+
+    Triton 3.6's interpreter turns a runtime loop bound (a one-element array) into an int
+    with ``int(array)``, which numpy 2.4 refuses; triton 3.7 squeezes the array first.
+    Compiled kernels (CUDA) are unaffected.
+    """
+    if triton is None:
+        return None
+    import numpy
+
+    def version(v: str) -> tuple[int, int]:
+        major, minor = (re.match(r"\d*", part).group() or "0" for part in v.split(".")[:2])
+        return int(major), int(minor)
+
+    if version(triton.__version__) < (3, 7) and version(numpy.__version__) >= (2, 4):
+        return (
+            f"the Triton interpreter of triton {triton.__version__} cannot run beside numpy "
+            f"{numpy.__version__} (it needs triton >= 3.7 or numpy < 2.4)"
+        )
+    return None
+
+
+INTERPRETER_PROBLEM = _interpreter_problem()
 
 
 def setting() -> str:
@@ -51,6 +78,8 @@ def use_triton(device: torch.device) -> bool:
             "FASTULM_KERNELS=triton on a CPU tensor needs TRITON_INTERPRET=1 set before "
             "fastulm.kernels is imported"
         )
+    if device.type != "cuda" and INTERPRETER_PROBLEM:
+        raise RuntimeError(f"FASTULM_KERNELS=triton on a CPU tensor: {INTERPRETER_PROBLEM}")
     return True
 
 

@@ -19,7 +19,7 @@ def backend_fixture(request, monkeypatch):
 def skip_unless_triton_runs(request) -> None:
     """Skip when Triton cannot run this test's tensors: not installed, or CPU tensors on a
     machine with a GPU (the interpreter is only on when the root conftest finds no GPU)."""
-    from fastulm.kernels.dispatch import INTERPRET, triton
+    from fastulm.kernels.dispatch import INTERPRET, INTERPRETER_PROBLEM, triton
 
     if triton is None:
         pytest.skip("triton is not installed")
@@ -27,6 +27,8 @@ def skip_unless_triton_runs(request) -> None:
     device = callspec.params.get("device", "cpu") if callspec else "cpu"
     if device == "cpu" and not INTERPRET:
         pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (CPU-only machines)")
+    if device == "cpu" and INTERPRETER_PROBLEM:
+        pytest.skip(INTERPRETER_PROBLEM)
 
 
 @pytest.fixture(name="device", params=DEVICES)

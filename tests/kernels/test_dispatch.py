@@ -54,6 +54,8 @@ def test_forcing_triton_without_interpreter_says_how():
     """FASTULM_KERNELS=triton on CPU tensors when the interpreter was not enabled at import."""
     if dispatch.triton is None:
         pytest.skip("triton is not installed")
+    if dispatch.INTERPRETER_PROBLEM:
+        pytest.skip(dispatch.INTERPRETER_PROBLEM)
     code = (
         "import os, torch\n"
         "import fastulm.kernels as k\n"
@@ -70,6 +72,8 @@ def test_forcing_triton_at_start_enables_the_interpreter():
     interpreter on before the kernels are decorated, so the Triton path runs."""
     if dispatch.triton is None:
         pytest.skip("triton is not installed")
+    if dispatch.INTERPRETER_PROBLEM:
+        pytest.skip(dispatch.INTERPRETER_PROBLEM)
     code = (
         "import os, torch\n"
         "import fastulm.kernels as k\n"
@@ -85,3 +89,30 @@ def test_forcing_triton_at_start_enables_the_interpreter():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "1 True"
+
+
+@pytest.mark.parametrize(
+    "triton_v, numpy_v, broken",
+    [
+        ("3.6.0", "2.4.0", True),
+        ("3.6.0", "2.3.5", False),
+        ("3.7.1", "2.4.6", False),
+        ("3.6.0", "2.10.1", True),
+        ("3.10.0", "2.5.0", False),
+        ("3.6.0", "2.4.0rc1", True),
+        ("3.6.1+git", "2.3", False),
+    ],
+)
+def test_interpreter_problem_names_the_versions(monkeypatch, triton_v, numpy_v, broken):
+    """Triton 3.6's interpreter calls int() on one-element arrays, which numpy 2.4 refuses."""
+    if dispatch.triton is None:
+        pytest.skip("triton is not installed")
+    import numpy
+
+    monkeypatch.setattr(dispatch.triton, "__version__", triton_v)
+    monkeypatch.setattr(numpy, "__version__", numpy_v)
+    problem = dispatch._interpreter_problem()
+    if broken:
+        assert problem and f"triton {triton_v}" in problem and f"numpy {numpy_v}" in problem
+    else:
+        assert problem is None
