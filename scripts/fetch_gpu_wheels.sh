@@ -10,13 +10,16 @@
 # Groups (versions = this repo's dev venv): reference (~3 MB; what the GPU suite needs: the
 # reference models import without spaCy), spacy (~35 MB: tokenizer parity runs), polars
 # (~40 MB). A device call carries at most 64 MiB in all: do not take spacy and polars together.
+# fastprogress stays at 1.0.5: from 1.1 on it imports fasthtml (starlette, uvicorn, ...), which
+# the GPU image lacks, and fastai then fails to import there (seen in a Python 3.12 + torch
+# 2.11 rehearsal of benchmarks/gpu/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY_VERSION=${PY_VERSION:-3.12}
 DEST=wheelhouse
 
 declare -A WHEEL_GROUPS=(
-  [reference]="fastai==2.8.12 fastcore==2.2.41 fasttransform==0.0.5 fastprogress==1.1.6 fastdownload==0.0.8 plum-dispatch==2.9.0 beartype==0.23.1 isal==1.9.1"
+  [reference]="fastai==2.8.12 fastcore==2.2.41 fasttransform==0.0.5 fastprogress==1.0.5 fastdownload==0.0.8 plum-dispatch==2.9.0 beartype==0.23.1 isal==1.9.1"
   [spacy]="spacy==3.8.18 thinc==8.3.14 blis==1.3.4 cymem==2.0.16 preshed==3.0.15 murmurhash==1.0.16 srsly==2.5.6 wasabi==1.1.3 catalogue==2.0.10 confection==1.3.4 weasel==1.0.1 spacy-legacy==3.0.12 spacy-loggers==1.0.5 cloudpathlib==0.26.0 smart-open==9.0.2 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5"
   [polars]="polars==2.1.0 polars-runtime-32==2.1.0"
 )

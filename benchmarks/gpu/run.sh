@@ -4,7 +4,8 @@
 #   bash scripts/fetch_gpu_wheels.sh                     # here, once: fastai + deps -> ./wheelhouse
 #   run(command="bash benchmarks/gpu/run.sh", carry=["wheelhouse"], timeout_s=600)
 #
-# Installs the carried wheels and fastulm itself into /tmp/fastulm_site (--no-index), then runs
+# Installs the carried wheels and fastulm itself into /tmp/fastulm_site (--no-index, through
+# scripts/device_env.sh), then runs
 # benchmarks/gpu/suite.py (kernel tests on CUDA, bf16 cuDNN LSTM check, do_bench kernel
 # microbenchmarks, steps at bs 48, largest batch under an 8 GiB cap; ~9 minutes budget).
 # Results land in $OUT (the device tool's output folder; else benchmarks/results):
@@ -13,21 +14,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-benchmarks/results}
-SITE=/tmp/fastulm_site
-PY=${PYTHON:-python3}
-mkdir -p "$OUT" "$SITE"
-export PYTHONUNBUFFERED=1
-
-if ls wheelhouse/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" wheelhouse/*.whl || echo "run.sh: carried wheels did not install" >&2
-else
-  echo "run.sh: no ./wheelhouse (scripts/fetch_gpu_wheels.sh): the reference rows are skipped" >&2
-fi
-# fastulm itself: a real install, since kernels/ is mapped to fastulm.kernels by pyproject
-"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
-  --upgrade --target "$SITE" . || { echo "run.sh: cannot install fastulm" >&2; exit 1; }
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$OUT"
+# carried wheels + fastulm into /tmp/fastulm_site; sets PY, PYTHONPATH, PYTHONSAFEPATH
+source scripts/device_env.sh || exit 1
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
   --format=csv | tee "$OUT/nvidia_smi.txt"

@@ -110,11 +110,17 @@ def section_env(cfg) -> dict:
 
 
 def section_tests(cfg) -> dict:
+    # the installed fastulm, not the checkout's fastulm/ folder (no kernels/ in it): keep the
+    # repository root off the front of sys.path (see scripts/device_env.sh)
     cmd = [sys.executable, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider"]
+    cmd += ["--import-mode=append"]
     if cfg.cpu:
         cmd += ["-k", "philox and shape0"]  # a quick end-to-end check of this step
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=cfg.test_timeout)
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=cfg.test_timeout
+    )
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
     print("\n".join(tail), flush=True)
     return {
