@@ -162,6 +162,41 @@ def test_classifier_and_predict_file(small_corpus, tmp_path, capsys):
     assert "no column 'text'" in _one_error_line(capsys)
 
 
+def test_first_lm_fit_freezes_only_pretrained_weights(small_corpus, tmp_path):
+    """As fastai: language_model_learner freezes the body only when it loaded pretrained
+    weights, so from scratch the walkthrough's first fit trains the LSTMs too."""
+    import pickle
+
+    from fastulm import open_corpus
+    from fastulm.model import get_language_model
+    from fastulm.train.presets import get_preset
+
+    def rnn_weights(run):
+        return {k: v for k, v in load_file(run / "model.safetensors").items() if "rnns" in k}
+
+    first_fit = ["--frozen-epochs", "1", "--epochs", "0"]
+    untrained = ["--frozen-epochs", "0", "--epochs", "0"]
+    runs = {}
+    for name, extra in (("scratch", first_fit), ("init", untrained)):
+        run = tmp_path / name
+        assert train_main(["lm", str(small_corpus), str(run), *TINY, *extra]) == 0
+        runs[name] = rnn_weights(run)
+    changed = [k for k in runs["init"] if not torch.equal(runs["init"][k], runs["scratch"][k])]
+    assert sorted(changed) == sorted(runs["init"])  # every LSTM weight trained
+
+    itos = open_corpus(small_corpus).vocab.itos
+    torch.manual_seed(1)
+    old = get_language_model(len(itos), **get_preset("tiny").model_kw())
+    wpath, vpath = tmp_path / "lstm_fwd.pth", tmp_path / "itos.pkl"
+    torch.save(old.state_dict(), wpath)
+    vpath.write_bytes(pickle.dumps(list(itos)))
+    run = tmp_path / "pretrained"
+    pre = ["--pretrained", str(wpath), str(vpath)]
+    assert train_main(["lm", str(small_corpus), str(run), *TINY, *pre, *first_fit]) == 0
+    for k, v in rnn_weights(run).items():  # frozen for the first fit
+        assert torch.equal(v, old.state_dict()[k]), k
+
+
 def test_lm_from_pretrained_weights(small_corpus, tmp_path, capsys):
     """--pretrained maps a WT103-style pair onto the corpus vocab before the first step."""
     import pickle

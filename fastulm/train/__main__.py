@@ -66,7 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         if stage == "lm":
             s.add_argument("--pretrained", nargs=2, metavar=("WEIGHTS", "VOCAB"))
             s.add_argument("--epochs", type=int, help="unfrozen epochs")
-            s.add_argument("--frozen-epochs", type=int, help="epochs with the body frozen")
+            s.add_argument(
+                "--frozen-epochs",
+                type=int,
+                help="epochs of the first fit (body frozen when --pretrained weights are loaded)",
+            )
             s.add_argument("--valid-pct", type=float, default=0.1, help="held-out documents")
             s.add_argument("--valid-split", help="validate on this split instead")
             s.add_argument("--splits", help="comma-separated splits to train on (default: all)")
@@ -93,7 +97,10 @@ def _stages(args, recipe):
             else (frozen.epochs if frozen else 0)
         )
         lr = args.lr if args.lr is not None else (frozen.lr if frozen else 1e-2)
-        out = [Stage(-1, n_frozen, lr)] if n_frozen else []
+        # fastai freezes the body only when it loaded pretrained weights: from scratch, the
+        # first fit trains everything (a random LSTM frozen for an epoch learns nothing)
+        freeze = -1 if args.pretrained else 0
+        out = [Stage(freeze, n_frozen, lr)] if n_frozen else []
         epochs = args.epochs if args.epochs is not None else unfrozen.epochs
         lr_unfrozen = unfrozen.lr if args.lr is None else args.lr / 10
         return [*out, Stage(0, epochs, lr_unfrozen)] if epochs else out

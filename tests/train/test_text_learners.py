@@ -59,7 +59,9 @@ def test_walkthrough_api(corpus, tmp_path):
     learn.fit_one_cycle(1, 1e-3)
     learn.load("fit_head")
     text = learn.predict("Truly great", n_words=5, temperature=0.75, seed=0)
-    assert text.startswith("Truly great") and text == learn.predict("Truly great", 5, True, 0.75, seed=0)
+    assert text.startswith("Truly great") and text == learn.predict(
+        "Truly great", 5, True, 0.75, seed=0
+    )
     learn.save_encoder("fine_tuned_enc")
 
     clas = fastulm.text_classifier_learner(corpus, drop_mult=0.5, bs=8, bptt=8, **kw)
