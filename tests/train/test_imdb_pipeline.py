@@ -47,3 +47,41 @@ def test_pipeline_slice_resumes(imdb_archive, tmp_path):
     assert len(rows) == n_epochs and 0.0 <= rows[-1]["accuracy"] <= 1.0
     # a finished work folder: the next call only reports
     assert pipe.main([*base, "--time-budget", "1"]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.full_data
+def test_gpu_pipeline_script_as_on_the_device(imdb_archive, tmp_path):
+    """scripts/gpu_pipeline.sh the way a device call runs it: fastulm installed by
+    device_env.sh (no venv there), the archive carried in ./devdata or named by
+    FASTULM_DATA, results copied to $OUT."""
+    import os
+    import subprocess
+    import sys
+
+    repo = SCRIPT.parents[1]
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "PYTHON": sys.executable,
+        "FASTULM_SITE": str(tmp_path / "site"),
+        "FASTULM_PIPELINE_WORK": str(work),
+        "FASTULM_DATA": str(imdb_archive.parent),
+        "OUT": str(out),
+    }
+    args = ["--limit", "8", "--preset", "tiny", "--device", "cpu", "--workers", "1"]
+    args += ["--lm-args", "--threads 1 --bs 8", "--clas-args", "--threads 1 --bs 8"]
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_pipeline.sh", *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    n_epochs = sum(st.epochs for st in get_preset("tiny").clas.stages)
+    assert f"| {n_epochs} |" in (out / "time_to_accuracy.md").read_text()
+    assert {"pipeline.json", "clas_log.csv", "lm_losses.png"} <= {p.name for p in out.iterdir()}
