@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from tricky import TRICKY, random_texts
+from tricky import TRICKY, random_texts, unicode_texts
 
 from fastulm.text import Tokenizer, tokenize_texts
 from fastulm.text.rules import SPECIAL_TOKENS, apply_rules, replace_space
@@ -39,7 +39,7 @@ def test_sample_matches_fastai_tokens(imdb_sample):
 
 @pytest.mark.reference
 def test_tricky_and_random_texts_match_fastai(fastai_tok):
-    texts = TRICKY + random_texts(1500, seed=11, max_pieces=60)
+    texts = TRICKY + random_texts(1500, seed=11, max_pieces=60) + unicode_texts(600, seed=3)
     expected = fastai_tok(texts)
     assert tokenize_texts(texts) == expected
     tok = Tokenizer()  # one text at a time, with a warm cache
@@ -47,7 +47,7 @@ def test_tricky_and_random_texts_match_fastai(fastai_tok):
 
 
 def test_fast_path_equals_exact_path():
-    texts = TRICKY + random_texts(800, seed=5, max_pieces=80)
+    texts = TRICKY + random_texts(800, seed=5, max_pieces=80) + unicode_texts(800, seed=5)
     got = Tokenizer().tokenize_batch(texts)
     for text, toks in zip(texts, got):
         assert toks == exact(text), text

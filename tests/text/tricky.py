@@ -184,3 +184,55 @@ def random_texts(n: int, seed: int = 0, max_pieces: int = 25) -> list[str]:
             parts.append(rng.choice(_SEPARATORS))
         out.append("".join(parts))
     return out
+
+
+# -- random Unicode: code points from many scripts and symbol blocks, control characters,
+# combining marks and emoji, glued to mutated copies of the texts above
+
+_BLOCKS = [(0x20, 0x7E)] * 6 + [
+    (0x00, 0x1F), (0x7F, 0x9F), (0xA0, 0x24F), (0x250, 0x36F), (0x370, 0x4FF), (0x590, 0x6FF),
+    (0x900, 0x97F), (0xE00, 0xE7F), (0x1E00, 0x1EFF), (0x2000, 0x214F), (0x2190, 0x22FF),
+    (0x2500, 0x257F), (0x3000, 0x30FF), (0x4E00, 0x4E80), (0xAC00, 0xAC80), (0xFB00, 0xFB4F),
+    (0xFE30, 0xFE4F), (0xFF00, 0xFFEF), (0x1D400, 0x1D4FF), (0x1F300, 0x1F64F),
+    (0x1F900, 0x1F9FF), (0x10000, 0x1007F),
+]  # fmt: skip
+_INSERTS = [
+    " ", "  ", "\n", "\t", "\r", "\u00a0", "\u2009", "\u200b", "xxbos", "xxmaj", "xxup", "xxrep",
+    "xxwrep", "xxunk", "xxpad", "#39;", "&amp;", "<br />", "nbsp;", "@.@", "@-@", " @,@ ", "\\n",
+    "quot;", "#146;", "<unk>", "&#8217;", "&nbsp;",
+]  # fmt: skip
+
+
+def unicode_texts(n: int, seed: int = 0) -> list[str]:
+    """`n` reproducible texts: half random code points, half mutated tricky/random texts
+    (characters inserted or replaced, runs upper-cased or repeated, special strings put in)."""
+    rng = random.Random(seed)
+    bases = TRICKY + random_texts(200, seed=seed + 1)
+
+    def char() -> str:
+        lo, hi = rng.choice(_BLOCKS)
+        return chr(rng.randint(lo, hi))
+
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            out.append(
+                "".join(char() if rng.random() < 0.7 else " " for _ in range(rng.randint(0, 80)))
+            )
+            continue
+        t = list(rng.choice(bases))
+        for _ in range(rng.randint(1, 30)):
+            op, p = rng.random(), rng.randrange(len(t) + 1)
+            if op < 0.4:
+                t.insert(p, char())
+            elif op < 0.6 and t:
+                t[min(p, len(t) - 1)] = char()
+            elif op < 0.8 and t:
+                q = min(len(t), p + rng.randint(1, 40))
+                t[p:q] = list("".join(t[p:q]).upper())
+            elif op < 0.9 and t:
+                t[p:p] = [t[min(p, len(t) - 1)]] * rng.randint(2, 8)
+            else:
+                t[p:p] = list(rng.choice(_INSERTS))
+        out.append("".join(t))
+    return out
