@@ -6,7 +6,8 @@
 # fastulm is *installed*, not run from the checkout: pyproject maps the top-level kernels/
 # folder to fastulm.kernels, so the source folder fastulm/ alone has no kernels. For the same
 # reason PYTHONSAFEPATH=1 keeps the current folder off sys.path (`python -m ...` would put the
-# checkout's fastulm/ ahead of the installed one), and pytest runs need --import-mode=append.
+# checkout's fastulm/ ahead of the installed one), and pytest runs need `-p fastulm` (imported
+# before pytest puts the repository root first on sys.path).
 SITE=${FASTULM_SITE:-/tmp/fastulm_site}
 PY=${PYTHON:-python3}
 mkdir -p "$SITE"

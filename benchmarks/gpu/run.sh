@@ -6,7 +6,7 @@
 #
 # Installs the carried wheels and fastulm itself into /tmp/fastulm_site (--no-index, through
 # scripts/device_env.sh), then runs
-# benchmarks/gpu/suite.py (kernel tests on CUDA, bf16 cuDNN LSTM check, do_bench kernel
+# benchmarks/gpu/suite.py (the CUDA tests, bf16 cuDNN LSTM check, do_bench kernel
 # microbenchmarks, steps at bs 48, largest batch under an 8 GiB cap; ~9 minutes budget).
 # Results land in $OUT (the device tool's output folder; else benchmarks/results):
 # gpu_results.json, gpu_results.md (a markdown fragment), gpu_suite.log, nvidia_smi.txt.

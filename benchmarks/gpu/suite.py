@@ -5,7 +5,7 @@
 
 Sections (each skipped with a note when the time budget is spent):
   1. environment: device, versions, cuDNN, date;
-  2. the kernel tests on CUDA (tests/kernels; the gpu-marked cases run);
+  2. the CUDA tests (the gpu-marked cases of tests/kernels, tests/model, tests/train);
   3. bf16 cuDNN LSTM: forward + backward of an AWD-LSTM-sized nn.LSTM in bf16 and under autocast;
   4. kernel microbenchmarks (triton.testing.do_bench, median ms; peak MiB) vs the torch refs;
   5. steps at bs 48: LM (bptt 70, vocab 60k) and unfrozen classifier (IMDB-length documents),
@@ -110,12 +110,16 @@ def section_env(cfg) -> dict:
 
 
 def section_tests(cfg) -> dict:
-    # the installed fastulm, not the checkout's fastulm/ folder (no kernels/ in it): keep the
-    # repository root off the front of sys.path (see scripts/device_env.sh)
-    cmd = [sys.executable, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider"]
-    cmd += ["--import-mode=append"]
+    # every CUDA test (kernels, model, trainer); the dirs that need polars/spaCy stay out
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     if cfg.cpu:
-        cmd += ["-k", "philox and shape0"]  # a quick end-to-end check of this step
+        cmd += ["tests/kernels", "-k", "philox and shape0"]  # a quick check of this step
+    else:
+        cmd += ["-m", "gpu", "tests/kernels", "tests/model", "tests/train"]
+    # the installed fastulm, not the checkout's fastulm/ folder (no kernels/ in it): `-p`
+    # imports it before pytest puts the repository root first on sys.path, and
+    # PYTHONSAFEPATH keeps `-m` from doing so (see scripts/device_env.sh)
+    cmd += ["-p", "fastulm"]
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
     t0 = time.monotonic()
     proc = subprocess.run(
