@@ -2,7 +2,7 @@
 # The whole IMDB pipeline (scripts/imdb_pipeline.py) on a lent GPU machine, no network there:
 #
 #   bash scripts/link_device_data.sh       # here, once: ./devdata -> the data folder
-#   run(command="bash scripts/gpu_pipeline.sh", carry=["devdata/aclImdb_v1.tar.gz"], timeout_s=600)
+#   run(command="bash scripts/gpu_pipeline.sh", carry=["devdata/aclImdb_v1.tar.gz", "wheelhouse"], timeout_s=600)
 #
 # Each call works for at most --time-budget minutes (8.5 here, leaving the install and the last
 # checkpoint inside a 600 s device call) and exits 75 when it stopped

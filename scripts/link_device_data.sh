@@ -2,8 +2,9 @@
 # Here, once, before scripts/gpu_pipeline.sh runs on a lent GPU machine: the device call
 # sends only the checkout, so the archive must travel as a carried path. This makes
 # ./devdata a link to the data folder (nothing is copied; git ignores it), so that
-#   run(command="bash scripts/gpu_pipeline.sh", carry=["devdata/aclImdb_v1.tar.gz"], timeout_s=600)
-# takes the 54 MiB archive along (the whole call may carry 64 MiB).
+#   run(command="bash scripts/gpu_pipeline.sh", carry=["devdata/aclImdb_v1.tar.gz", "wheelhouse"], timeout_s=600)
+# takes the 54 MiB archive along (the whole call may carry 64 MiB; the wheelhouse adds 2.5 MiB,
+# isal among it: a faster gzip for reading the archive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${FASTULM_DATA:-../shared/data}
