@@ -1,8 +1,9 @@
 """Named recipes: model sizes, batch shapes and the stage-by-stage schedule of each stage.
 
 ``paper`` is the walkthrough (AWD-LSTM 400/1152/3; LM: one epoch at 1e-2 -- body frozen when
-pretrained weights were loaded -- then ten unfrozen at 1e-3; classifier: gradual unfreezing with ``slice(lr/2.6**4, lr)``). ``cpu`` is
-a small AWD-LSTM with the same schedule shape that trains on a 2-core machine in minutes.
+pretrained weights were loaded -- then ten unfrozen at 1e-3; classifier: gradual unfreezing
+with ``slice(lr/2.6**4, lr)``). ``cpu`` is a small AWD-LSTM with the same schedule shape that
+trains on a 2-core machine in minutes.
 ``tiny`` is for tests: seconds, yet enough to beat chance on the IMDB sample.
 """
 
