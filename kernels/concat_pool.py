@@ -17,8 +17,15 @@ memory-lean torch path (per-row views, no ``[bs, seq, hidden]`` temporaries), an
 from __future__ import annotations
 
 import torch
-from fastulm.kernels import dispatch
-from fastulm.kernels.dispatch import INTERPRET, device_guard, next_pow2, tl, triton, use_triton
+from fastulm.kernels.dispatch import (
+    INTERPRET,
+    acc_dtype,
+    device_guard,
+    next_pow2,
+    tl,
+    triton,
+    use_triton,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels (maths in fp32: the interpreter cannot do arithmetic on bf16 values)
@@ -142,7 +149,7 @@ def _fwd_torch(x: torch.Tensor, meta: torch.Tensor, out: torch.Tensor, arg: torc
     out[:, :H] = x[rows, last]
     # mean: one batched matmul with the 0/1 row masks, no masked copy of x
     real = (~pad).to(x.dtype)[:, None, :]
-    acc = dispatch.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     total = torch.bmm(real, x).squeeze(1).to(acc)
     out[:, 2 * H :] = total / (end - start).to(acc)[:, None]
     run_max = torch.full((bs, H), float("-inf"), dtype=x.dtype, device=x.device)
@@ -165,7 +172,7 @@ def _bwd_torch(g: torch.Tensor, arg: torch.Tensor, meta: torch.Tensor, gx: torch
     start, end, last = (meta[:, i].long() for i in range(3))
     pos = torch.arange(T, device=gx.device)
     real = ((pos >= start[:, None]) & (pos < end[:, None])).to(gx.dtype)
-    acc = dispatch.acc_dtype(gx.dtype)
+    acc = acc_dtype(gx.dtype)
     g_mean = (g[:, 2 * H :].to(acc) / (end - start).to(acc)[:, None]).to(gx.dtype)
     torch.mul(real[:, :, None], g_mean[:, None, :], out=gx)  # the only [bs, seq, hidden] write
     gx.scatter_add_(1, arg[:, None, :].long(), g[:, None, H : 2 * H])

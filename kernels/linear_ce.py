@@ -23,8 +23,15 @@ import os
 
 import torch
 import torch.nn.functional as F
-from fastulm.kernels import dispatch
-from fastulm.kernels.dispatch import INTERPRET, device_guard, next_pow2, tl, triton, use_triton
+from fastulm.kernels.dispatch import (
+    INTERPRET,
+    acc_dtype,
+    device_guard,
+    next_pow2,
+    tl,
+    triton,
+    use_triton,
+)
 
 if triton is not None:
 
@@ -168,7 +175,7 @@ def _lce_op(
     inv_n = 1.0 / max(n_valid, 1)
     triton_path = use_triton(x.device)
     target = target.contiguous()
-    acc = dispatch.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     loss_rows = torch.empty(N, dtype=acc, device=x.device)
     correct = torch.empty(N, dtype=torch.int32, device=x.device)
     empty = x.new_empty(0)
@@ -219,7 +226,7 @@ def _lce_op(
 
 @_lce_op.register_fake
 def _(x, weight, bias, target, ignore_index, compute_grad, chunk_rows):
-    loss = x.new_empty((), dtype=dispatch.acc_dtype(x.dtype))
+    loss = x.new_empty((), dtype=acc_dtype(x.dtype))
     n_correct = x.new_empty((), dtype=torch.int64)
     empty = x.new_empty(0)
     if not compute_grad:
@@ -241,7 +248,7 @@ def _backward(ctx, grad_loss, _g_correct, _g_gx, _g_gw, _g_gb):
     grad_x, grad_w, grad_b = ctx.saved_tensors
     if grad_x is None:
         raise RuntimeError("linear_cross_entropy: backward through a call made without grad")
-    g = grad_loss.to(dispatch.acc_dtype(grad_loss.dtype))
+    g = grad_loss.to(acc_dtype(grad_loss.dtype))
     if type(grad_loss) is torch.Tensor:
         # eager: scale the gradients computed in the forward in place, so no second [V, D]
         # buffer exists; a second backward through a retained graph then fails autograd's
@@ -292,8 +299,6 @@ def linear_cross_entropy_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The unfused formula (full logits in memory): the exact reference for tests."""
     logits = F.linear(x, weight, bias)
-    loss = F.cross_entropy(
-        logits.to(dispatch.acc_dtype(logits.dtype)), target, ignore_index=ignore_index
-    )
+    loss = F.cross_entropy(logits.to(acc_dtype(logits.dtype)), target, ignore_index=ignore_index)
     n_correct = ((logits.argmax(dim=-1) == target) & (target != ignore_index)).sum()
     return loss, n_correct

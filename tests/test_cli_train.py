@@ -1,5 +1,6 @@
 """The train / predict / generate commands: help, bad input, time limit and exact resume."""
 
+import pickle
 import subprocess
 import sys
 
@@ -7,10 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fastulm import generate, predict
+from fastulm import generate, open_corpus, predict
+from fastulm.model import get_language_model
 from fastulm.tokenize import main as tokenize_main
 from fastulm.train.__main__ import EXIT_TIME_LIMIT
 from fastulm.train.__main__ import main as train_main
+from fastulm.train.presets import get_preset
 from fastulm_testkit import one_torch_thread  # noqa: F401 (autouse here)
 
 
@@ -162,14 +165,22 @@ def test_classifier_and_predict_file(small_corpus, tmp_path, capsys):
     assert "no column 'text'" in _one_error_line(capsys)
 
 
+def _tiny_lm(n_vocab: int, seed: int):
+    torch.manual_seed(seed)
+    return get_language_model(n_vocab, **get_preset("tiny").model_kw())
+
+
+def _write_pretrained(model, vocab, folder) -> list[str]:
+    """A fastai WikiText-103-style pair (state_dict + pickled itos); the --pretrained args."""
+    wpath, vpath = folder / "lstm_fwd.pth", folder / "itos.pkl"
+    torch.save(model.state_dict(), wpath)
+    vpath.write_bytes(pickle.dumps(list(vocab)))
+    return ["--pretrained", str(wpath), str(vpath)]
+
+
 def test_first_lm_fit_freezes_only_pretrained_weights(small_corpus, tmp_path):
     """As fastai: language_model_learner freezes the body only when it loaded pretrained
     weights, so from scratch the walkthrough's first fit trains the LSTMs too."""
-    import pickle
-
-    from fastulm import open_corpus
-    from fastulm.model import get_language_model
-    from fastulm.train.presets import get_preset
 
     def rnn_weights(run):
         return {k: v for k, v in load_file(run / "model.safetensors").items() if "rnns" in k}
@@ -185,13 +196,9 @@ def test_first_lm_fit_freezes_only_pretrained_weights(small_corpus, tmp_path):
     assert sorted(changed) == sorted(runs["init"])  # every LSTM weight trained
 
     itos = open_corpus(small_corpus).vocab.itos
-    torch.manual_seed(1)
-    old = get_language_model(len(itos), **get_preset("tiny").model_kw())
-    wpath, vpath = tmp_path / "lstm_fwd.pth", tmp_path / "itos.pkl"
-    torch.save(old.state_dict(), wpath)
-    vpath.write_bytes(pickle.dumps(list(itos)))
+    old = _tiny_lm(len(itos), seed=1)
+    pre = _write_pretrained(old, itos, tmp_path)
     run = tmp_path / "pretrained"
-    pre = ["--pretrained", str(wpath), str(vpath)]
     assert train_main(["lm", str(small_corpus), str(run), *TINY, *pre, *first_fit]) == 0
     for k, v in rnn_weights(run).items():  # frozen for the first fit
         assert torch.equal(v, old.state_dict()[k]), k
@@ -199,25 +206,15 @@ def test_first_lm_fit_freezes_only_pretrained_weights(small_corpus, tmp_path):
 
 def test_lm_from_pretrained_weights(small_corpus, tmp_path, capsys):
     """--pretrained maps a WT103-style pair onto the corpus vocab before the first step."""
-    import pickle
-
-    from fastulm import open_corpus
-    from fastulm.model import get_language_model
-    from fastulm.train.presets import get_preset
-
     itos = open_corpus(small_corpus).vocab.itos
     shared = [t for t in reversed(itos[4:]) if t != "xxfake"]  # xxfake pads the vocab: repeats
     old_vocab = [*shared, "only_in_old_a", "only_in_old_b"]
-    torch.manual_seed(0)
-    old = get_language_model(len(old_vocab), **get_preset("tiny").model_kw())
+    old = _tiny_lm(len(old_vocab), seed=0)
     with torch.no_grad():
         old.head.decoder.bias.normal_()
     sd = {k: v.clone() for k, v in old.state_dict().items()}  # fastai's key names
-    wpath, vpath = tmp_path / "lstm_fwd.pth", tmp_path / "itos.pkl"
-    torch.save(sd, wpath)
-    vpath.write_bytes(pickle.dumps(old_vocab))
     run = tmp_path / "lm"
-    argv = ["lm", str(small_corpus), str(run), *TINY, "--pretrained", str(wpath), str(vpath)]
+    argv = ["lm", str(small_corpus), str(run), *TINY, *_write_pretrained(old, old_vocab, tmp_path)]
     assert train_main([*argv, "--frozen-epochs", "0", "--epochs", "0"]) == 0
     got = load_file(run / "model.safetensors")
     emb, bias = got["0.encoder.weight"], got["1.decoder.bias"]
@@ -233,7 +230,7 @@ def test_lm_from_pretrained_weights(small_corpus, tmp_path, capsys):
         if "rnns" in k:
             assert torch.equal(got[k], sd[k]), k
     # a vocab file that is not a pickled list of strings: one clear line, nothing written
-    vpath.write_bytes(pickle.dumps({"not": "a list"}))
+    (tmp_path / "itos.pkl").write_bytes(pickle.dumps({"not": "a list"}))
     capsys.readouterr()
     assert train_main([*argv[:2], str(tmp_path / "bad"), *argv[3:], "--epochs", "0"]) == 1
     assert "list of strings" in _one_error_line(capsys)

@@ -3,6 +3,9 @@ is at hand: a call that runs out of its time budget exits 75 and the next call r
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,10 +58,6 @@ def test_gpu_pipeline_script_as_on_the_device(imdb_archive, tmp_path):
     """scripts/gpu_pipeline.sh the way a device call runs it: fastulm installed by
     device_env.sh (no venv there), the archive carried in ./devdata or named by
     FASTULM_DATA, results copied to $OUT."""
-    import os
-    import subprocess
-    import sys
-
     repo = SCRIPT.parents[1]
     out, work = tmp_path / "out", tmp_path / "work"
     out.mkdir()
