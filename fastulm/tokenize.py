@@ -71,6 +71,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> No
         return
     if args.vocab and args.vocab_from:
         parser.error("--vocab and --vocab-from exclude each other")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.max_vocab < 0:
+        parser.error(f"--max-vocab must be >= 0 (0 = no limit), got {args.max_vocab}")
     options = VocabOptions(
         max_vocab=args.max_vocab if args.max_vocab > 0 else None,
         min_freq=args.min_freq,

@@ -120,6 +120,24 @@ def test_bad_inputs(small_corpus, tmp_path, capsys):
     assert "unknown preset" in _one_error_line(capsys)
 
 
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--bs", "0"], "--bs must be positive, got 0"),  # 0 used to mean the preset's 32
+        (["--lr=-1e-3"], "--lr must be positive"),  # used to train away from the data
+        (["--threads", "0"], "--threads must be positive"),
+        (["--drop-mult=-0.5"], "--drop-mult must be >= 0"),
+        (["--drop-mult", "5"], "dropouts must stay below 1"),  # input_p 0.25 * 5
+        (["--epochs=-1"], "--epochs must be >= 0"),
+    ],
+)
+def test_bad_numbers_stop_before_any_work(small_corpus, tmp_path, capsys, flags, says):
+    run = tmp_path / "run"
+    assert train_main(["lm", str(small_corpus), str(run), *TINY, *flags]) == 1
+    assert says in _one_error_line(capsys)
+    assert not run.exists()
+
+
 def test_encoder_size_mismatch(small_corpus, tmp_path, capsys):
     lm = tmp_path / "lm"
     assert train_main(["lm", str(small_corpus), str(lm), *TINY, "--epochs", "0"]) == 0

@@ -86,6 +86,22 @@ def test_bad_inputs_give_one_line(capsys, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
+        (["--max-vocab", "-1"], "--max-vocab must be >= 0 (0 = no limit), got -1"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(capsys, tmp_path, tiny_imdb, flags, says):
+    root, _ = tiny_imdb
+    with pytest.raises(SystemExit) as stop:
+        main([str(root), str(tmp_path / "out"), *flags])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(says)
+    assert not (tmp_path / "out").exists()
+
+
 def test_out_with_other_content_needs_force(capsys, tmp_path, tiny_imdb):
     root, _ = tiny_imdb
     out = tmp_path / "out"

@@ -35,6 +35,19 @@ class AWDLSTMConfig:
     lin_ftrs: tuple[int, ...] = field(default=(50,))
     head_ps: tuple[float, ...] = field(default=(0.1,))
 
+    def __post_init__(self) -> None:
+        # A probability of 1 divides by zero in the dropout scale (1 - p): NaNs, not an error.
+        for name in DROPOUT_FIELDS:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name):g}")
+        if not all(0.0 <= p < 1.0 for p in self.head_ps):
+            raise ValueError(f"head_ps must each be in [0, 1), got {list(self.head_ps)}")
+        for name in ("emb_sz", "n_hid", "n_layers", "bptt"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"max_len must be positive or None, got {self.max_len}")
+
     @classmethod
     def lm(cls, drop_mult: float = 1.0, **overrides: Any) -> AWDLSTMConfig:
         """fastai's language-model defaults; overrides are applied before scaling, as fastai does."""
@@ -47,11 +60,17 @@ class AWDLSTMConfig:
 
     def scaled(self, drop_mult: float) -> AWDLSTMConfig:
         """A copy with every encoder/output dropout multiplied by ``drop_mult``."""
+        if drop_mult < 0:
+            raise ValueError(f"drop_mult must not be negative, got {drop_mult:g}")
         if drop_mult == 1.0:
             return dataclasses.replace(self)
-        return dataclasses.replace(
-            self, **{k: getattr(self, k) * drop_mult for k in DROPOUT_FIELDS}
-        )
+        scaled = {k: getattr(self, k) * drop_mult for k in DROPOUT_FIELDS}
+        too_big = [f"{k} {v:g}" for k, v in scaled.items() if v >= 1.0]
+        if too_big:
+            raise ValueError(
+                f"drop_mult {drop_mult:g} makes {', '.join(too_big)}: dropouts must stay below 1"
+            )
+        return dataclasses.replace(self, **scaled)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

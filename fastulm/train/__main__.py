@@ -84,6 +84,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Checked before any work: 0 would silently mean "the preset's value" (``args.bs or ...``) and
+# a negative rate trains away from the data instead of failing.
+_POSITIVE = (
+    *("bs", "bptt", "emb_sz", "n_hid", "n_layers", "max_len"),
+    *("lr", "clip", "threads", "checkpoint_minutes"),
+)
+_NOT_NEGATIVE = ("drop_mult", "wd", "epochs", "frozen_epochs", "final_epochs", "time_limit")
+
+
+def _check_numbers(args) -> None:
+    for name in (*_POSITIVE, *_NOT_NEGATIVE):
+        value = getattr(args, name, None)
+        if value is None or value > 0 or (value == 0 and name in _NOT_NEGATIVE):
+            continue
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(
+            f"{flag} must be {'positive' if name in _POSITIVE else '>= 0'}, got {value}"
+        )
+
+
 def _stages(args, recipe):
     from fastulm.train.presets import Stage, gradual_unfreezing
 
@@ -123,6 +143,9 @@ def run(args) -> int:
     ctx = ddp.init_from_env()
     preset = get_preset(args.preset)
     recipe = preset.lm if args.stage == "lm" else preset.clas
+    # 0 epochs everywhere is allowed: it exports the model as built (e.g. pretrained weights
+    # mapped onto this corpus's vocab)
+    stages = [s for s in _stages(args, recipe) if s.epochs > 0]
     run_dir = Path(args.run_dir)
     size = {k: getattr(args, k) or v for k, v in preset.model_kw().items()}
     common = dict(
@@ -160,7 +183,6 @@ def run(args) -> int:
             **common,
         )
         learn.load_encoder(_encoder_path(args.encoder))
-    stages = _stages(args, recipe)
     learn.checkpoint_path = run_dir / "checkpoints" / "last.pt"
     learn.checkpoint_every_s = args.checkpoint_minutes * 60
     learn.time_limit_s = args.time_limit * 60 if args.time_limit is not None else None
@@ -223,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastulm.train.learner import TimeLimitReached, TrainingError
 
     try:
+        _check_numbers(args)
         return run(args)
     except TimeLimitReached as err:
         print(f"stopped: {err}; rerun with --resume to continue", file=sys.stderr)

@@ -34,6 +34,21 @@ def test_config_defaults_and_drop_mult():
     assert AWDLSTMConfig.from_dict(c.to_dict()) == c
 
 
+def test_config_refuses_dropouts_that_divide_by_zero():
+    # the classifier's weight_p 0.5 reaches 1 at drop_mult 2: the dropout scale 1 / (1 - p)
+    assert AWDLSTMConfig.classifier(1.99).weight_p == pytest.approx(0.995)
+    with pytest.raises(ValueError, match=r"drop_mult 2 makes .*weight_p 1"):
+        AWDLSTMConfig.classifier(2.0)
+    with pytest.raises(ValueError, match="drop_mult must not be negative"):
+        AWDLSTMConfig.lm(-0.1)
+    with pytest.raises(ValueError, match=r"hidden_p must be in \[0, 1\)"):
+        AWDLSTMConfig(hidden_p=1.0)
+    with pytest.raises(ValueError, match="head_ps"):
+        AWDLSTMConfig(head_ps=(0.1, -0.2))
+    with pytest.raises(ValueError, match="n_hid must be positive"):
+        get_language_model(V, n_hid=0)
+
+
 def _check_groups(groups, model, n):
     assert len(groups) == n
     ids = [id(p) for g in groups for p in g]
