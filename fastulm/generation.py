@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastulm.data.clas_loader import pad_batch
+from fastulm.data.vocab import Vocab
 from fastulm.text.detokenize import detokenize
 
 UNK_ID = 0
@@ -127,10 +128,17 @@ def generate(
     return ids
 
 
+def encode_texts(vocab: Any, texts: Sequence[str]) -> list[np.ndarray]:
+    """Token ids of each text, tokenized and numericalized exactly as the corpus was."""
+    from fastulm.text import tokenize_texts
+
+    stoi = _stoi(vocab)
+    return [np.array([stoi[t] for t in toks], dtype=np.int64) for toks in tokenize_texts(texts)]
+
+
 def _stoi(vocab: Any) -> dict[str, int]:
-    if hasattr(vocab, "stoi"):
-        return vocab.stoi
-    return {t: i for i, t in enumerate(vocab)}
+    # Vocab's, as fastai's: unknown -> 0, and the xxfake padding entries are not tokens
+    return vocab.stoi if hasattr(vocab, "stoi") else Vocab(vocab).stoi
 
 
 def _itos(vocab: Any) -> Sequence[str]:
@@ -150,11 +158,8 @@ def generate_text(
 
     The prompt is tokenized like the training corpus (xxbos first); `kwargs` go to `generate`.
     """
-    from fastulm.text import tokenize_texts
-
     stoi, itos = _stoi(vocab), _itos(vocab)
-    tokens = tokenize_texts([prompt])[0]
-    ids = [stoi.get(t, UNK_ID) for t in tokens]
+    ids = encode_texts(vocab, [prompt])[0].tolist()
     ends = [stoi[t] for t in SENTENCE_ENDS if t in stoi]
     out = generate(
         lm, ids, n_words, temperature, n_sentences=n_sentences, sentence_end_ids=ends, **kwargs

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from fastulm.generation import LMStepper, classify, generate, generate_text
+from fastulm.data.vocab import Vocab
+from fastulm.generation import LMStepper, classify, encode_texts, generate, generate_text
 from fastulm.model import get_classifier, get_language_model
 
 V = 40
@@ -207,3 +208,15 @@ def test_each_step_equals_the_reference_rerunning_the_prompt(fastai_text, lm):
             tok = int(expected.argmax()) if step % 2 else (step * 7) % V
             seq.append(tok)
             stepper.feed(tok)
+
+
+def test_prompts_are_numericalized_as_the_corpus():
+    """A plain itos list (a run's vocab.json) encodes as Vocab does: unknown words and the
+    literal word ``xxfake`` (the vocab's padding, not a token) are 0, as fastai's
+    ``Numericalize`` after building its vocab. It used to map ``xxfake`` to the last pad."""
+    specials = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
+    itos = [*specials, "the", "movie", "good", *["xxfake"] * 4]
+    want = [2, 8, 9, 10, 0, 0, 11]  # xxbos xxmaj the movie xxfake zebra good
+    for vocab in (itos, Vocab(itos)):
+        (ids,) = encode_texts(vocab, ["The movie xxfake zebra good"])
+        assert ids.tolist() == want

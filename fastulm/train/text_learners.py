@@ -172,14 +172,9 @@ class ClassifierLearner(TextLearner):
 
 def predict_labels(model, vocab, label_names, texts: Sequence[str], bs=64, backwards=False):
     """Tokenize like the corpus, classify, and name each text's most likely label."""
-    from fastulm.generation import classify
-    from fastulm.text import tokenize_texts
+    from fastulm.generation import classify, encode_texts
 
-    stoi = {t: i for i, t in enumerate(vocab)}
-    docs = [
-        np.array([stoi.get(t, 0) for t in toks], dtype=np.int64) for toks in tokenize_texts(texts)
-    ]
-    probs = classify(model, docs, bs=bs, backwards=backwards)
+    probs = classify(model, encode_texts(vocab, texts), bs=bs, backwards=backwards)
     names = label_names or [str(i) for i in range(probs.shape[1])]
     return [names[i] for i in probs.argmax(1).tolist()], probs
 
