@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastulm.data.clas_loader import pad_batch
-from fastulm.data.vocab import Vocab
+from fastulm.data.vocab import as_vocab
 from fastulm.text.detokenize import detokenize
 
 UNK_ID = 0
@@ -132,17 +132,8 @@ def encode_texts(vocab: Any, texts: Sequence[str]) -> list[np.ndarray]:
     """Token ids of each text, tokenized and numericalized exactly as the corpus was."""
     from fastulm.text import tokenize_texts
 
-    stoi = _stoi(vocab)
+    stoi = as_vocab(vocab).stoi
     return [np.array([stoi[t] for t in toks], dtype=np.int64) for toks in tokenize_texts(texts)]
-
-
-def _stoi(vocab: Any) -> dict[str, int]:
-    # Vocab's, as fastai's: unknown -> 0, and the xxfake padding entries are not tokens
-    return vocab.stoi if hasattr(vocab, "stoi") else Vocab(vocab).stoi
-
-
-def _itos(vocab: Any) -> Sequence[str]:
-    return vocab.itos if hasattr(vocab, "itos") else vocab
 
 
 def generate_text(
@@ -158,13 +149,13 @@ def generate_text(
 
     The prompt is tokenized like the training corpus (xxbos first); `kwargs` go to `generate`.
     """
-    stoi, itos = _stoi(vocab), _itos(vocab)
+    vocab = as_vocab(vocab)
     ids = encode_texts(vocab, [prompt])[0].tolist()
-    ends = [stoi[t] for t in SENTENCE_ENDS if t in stoi]
+    ends = [vocab.stoi[t] for t in SENTENCE_ENDS if t in vocab.stoi]
     out = generate(
         lm, ids, n_words, temperature, n_sentences=n_sentences, sentence_end_ids=ends, **kwargs
     )
-    return detokenize([itos[i] for i in out])
+    return detokenize([vocab.itos[i] for i in out])
 
 
 def classify(

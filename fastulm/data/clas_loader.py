@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fastulm.data.epochs import EpochLoader
+from fastulm.data.vocab import as_vocab
 
 SORT_CHUNK_BATCHES = 50  # fastai sorts chunks of bs * 50 documents
 
@@ -72,10 +73,6 @@ def sorted_batches(
         middle = rng.permutation(len(batches) - 2)
         batches = [batches[0], *[batches[1 + j] for j in middle], batches[-1]]
     return batches
-
-
-def _itos(vocab: Any) -> Sequence[str]:
-    return vocab.itos if hasattr(vocab, "itos") else vocab
 
 
 class ClasLoader(EpochLoader):
@@ -173,7 +170,7 @@ class ClasLoader(EpochLoader):
         trunc_at: int = 40,
     ) -> list[tuple[str, str]]:
         """Print the first `n` documents of this epoch's first batch: text and category."""
-        itos = _itos(vocab)
+        itos = as_vocab(vocab).itos
         plan = self._plan(self.epoch)
         rows: list[tuple[str, str]] = []
         if plan.batches:

@@ -13,7 +13,6 @@ bs * world_size would see.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from fastulm.data.epochs import EpochLoader
+from fastulm.data.vocab import as_vocab
 
 # The original AWD-LSTM's randomized window lengths: bptt with probability 0.95, else bptt/2,
 # then a normal draw with this spread, never shorter than RAND_MIN_LEN.
@@ -39,10 +39,6 @@ def _as_splits(split_or_splits: Any) -> list[Any]:
     if not splits:
         raise ValueError("LMLoader needs at least one split")
     return splits
-
-
-def _itos(vocab: Any) -> Sequence[str]:
-    return vocab.itos if hasattr(vocab, "itos") else vocab
 
 
 @dataclass(frozen=True)
@@ -171,7 +167,7 @@ class LMLoader(EpochLoader):
     # ---- display --------------------------------------------------------------------------
     def show_batch(self, vocab: Any, n: int = 6, trunc_at: int = 40) -> list[tuple[str, str]]:
         """Print the first `n` rows of this epoch's first batch as text (x) and text_ (y)."""
-        itos = _itos(vocab)
+        itos = as_vocab(vocab).itos
         x, y = self._batch(self._plan(self.epoch), 0)
         rows = []
         for r in range(min(n, x.shape[0])):

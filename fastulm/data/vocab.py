@@ -142,3 +142,9 @@ class Vocab:
         if len(set(real)) != len(real):
             raise DataError(f"{path}: the vocab lists some tokens twice")
         return cls(itos)
+
+
+def as_vocab(vocab: Vocab | Iterable[str]) -> Vocab:
+    """A ``Vocab`` from a ``Vocab`` or a plain itos list (a run's vocab.json), so every
+    reader numericalizes by the same rules (unknown -> 0, ``xxfake`` is not a token)."""
+    return vocab if hasattr(vocab, "stoi") else Vocab(vocab)

@@ -94,14 +94,12 @@ _NOT_NEGATIVE = ("drop_mult", "wd", "epochs", "frozen_epochs", "final_epochs", "
 
 
 def _check_numbers(args) -> None:
-    for name in (*_POSITIVE, *_NOT_NEGATIVE):
-        value = getattr(args, name, None)
-        if value is None or value > 0 or (value == 0 and name in _NOT_NEGATIVE):
-            continue
-        flag = "--" + name.replace("_", "-")
-        raise ValueError(
-            f"{flag} must be {'positive' if name in _POSITIVE else '>= 0'}, got {value}"
-        )
+    rules = ((_POSITIVE, lambda v: v > 0, "positive"), (_NOT_NEGATIVE, lambda v: v >= 0, ">= 0"))
+    for names, ok, must in rules:
+        for name in names:
+            value = getattr(args, name, None)
+            if value is not None and not ok(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be {must}, got {value}")
 
 
 def _stages(args, recipe):
