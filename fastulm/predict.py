@@ -78,7 +78,8 @@ def predict_runs(run_dirs: list[str], texts: list[str], bs: int, device: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from fastulm.train.checkpoint import CheckpointError, atomic_write
+    from fastulm.files import atomic_write
+    from fastulm.train.checkpoint import CheckpointError
 
     if (args.text is None) == (args.file is None):
         print("error: give a text or --file (not both)", file=sys.stderr)

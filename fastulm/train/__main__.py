@@ -222,7 +222,7 @@ def _encoder_path(arg: str) -> Path:
 def _write_settings(run_dir: Path, args, stages, common) -> None:
     import json
 
-    from fastulm.train.checkpoint import atomic_write
+    from fastulm.files import atomic_write
 
     info = {
         "argv": sys.argv[1:],

@@ -10,9 +10,7 @@ Weights alone go to safetensors files (tied tensors stored once).
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +19,11 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from fastulm.files import atomic_write
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint or weights file that is missing, corrupt or for another model."""
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from fastulm.files import atomic_write
 from fastulm.kernels.dispatch import acc_dtype
 from fastulm.train import checkpoint as ckpt
 from fastulm.train import distributed as ddp
@@ -416,11 +417,11 @@ class Learner:
 
         rows = self.history["epochs"]
         lines = "".join(json.dumps(r) + "\n" for r in rows)
-        ckpt.atomic_write(self.path / "log.jsonl", lambda tmp: Path(tmp).write_text(lines))
+        atomic_write(self.path / "log.jsonl", lambda tmp: Path(tmp).write_text(lines))
         keys = list(dict.fromkeys(k for r in rows for k in r))
         csv = ",".join(keys) + "\n"
         csv += "".join(",".join(str(r.get(k, "")) for k in keys) + "\n" for r in rows)
-        ckpt.atomic_write(self.path / "log.csv", lambda tmp: Path(tmp).write_text(csv))
+        atomic_write(self.path / "log.csv", lambda tmp: Path(tmp).write_text(csv))
         plot_losses(self.history, self.path / "losses.png")
 
     # ------------------------------------------------------------------ checkpoints

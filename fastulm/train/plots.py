@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fastulm.train.checkpoint import atomic_write
+from fastulm.files import atomic_write
 
 
 def _save(fig, path: Path) -> None:

@@ -28,7 +28,8 @@ from typing import Any
 
 from torch import nn
 
-from fastulm.train.checkpoint import CheckpointError, atomic_write, load_weights, save_weights
+from fastulm.files import atomic_write
+from fastulm.train.checkpoint import CheckpointError, load_weights, save_weights
 
 FORMAT = "fastulm-run-1"
 
