@@ -62,3 +62,25 @@ def fastai_weight_drop_off(model) -> None:
     for m in model.modules():
         if isinstance(m, fastai_text.WeightDropout):
             m.weight_p = 1e-12
+
+
+# A tiny, fast training command line: the tiny preset, small batches, one thread, no bars.
+TINY_TRAIN = ["--preset", "tiny", "--bs", "8", "--bptt", "8", "--quiet", "--device", "cpu"]
+TINY_TRAIN += ["--threads", "1"]
+
+
+def write_small_corpus(root: Path) -> Path:
+    """A 120-review corpus tokenized by the real tokenizer (positive / negative words)."""
+    from fastulm.tokenize import main as tokenize_main
+
+    good = ["great", "wonderful", "loved", "superb", "fun"]
+    bad = ["awful", "boring", "hated", "dull", "bad"]
+    rows = ["label,text,is_valid"]
+    for i in range(120):
+        words = good if i % 2 else bad
+        text = f"This film was {words[i % 5]} and {words[(i + 2) % 5]}. The cast was {words[(i + 3) % 5]}!"
+        rows.append(f'{"pos" if i % 2 else "neg"},"{text}",{i % 6 == 0}')
+    (root / "t.csv").write_text("\n".join(rows) + "\n")
+    out = root / "corpus"
+    assert tokenize_main([str(root / "t.csv"), str(out), "--workers", "1", "--quiet"]) == 0
+    return out

@@ -6,37 +6,44 @@
 The LM stage trains one epoch with the body frozen, then the unfrozen epochs, and ends with
 ``RUN_DIR/encoder.safetensors``; the classifier stage loads that encoder and follows the
 walkthrough's gradual unfreezing. Both write the run directory described in run_dir.py and
-can be run under ``torchrun`` unchanged. ``--resume`` continues from
-``RUN_DIR/checkpoints/last.pt``; ``--time-limit`` stops cleanly (exit code 75) with a
-checkpoint, so a long run can be spread over several calls.
+can be run under ``torchrun`` unchanged. An existing RUN_DIR is refused unless ``--resume``
+continues it (from ``RUN_DIR/checkpoints/last.pt``, with the options in its
+``train_args.json``) or ``--force`` replaces it. ``--time-limit`` stops cleanly (exit code
+75) with a checkpoint, so a long run can be spread over several calls; Ctrl-C and SIGTERM
+stop at the next step with a checkpoint too.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
 
+from fastulm.cli import HelpFormatter, parser
+
 EXIT_TIME_LIMIT = 75  # EX_TEMPFAIL: stopped at --time-limit, resume to continue
+CPU_WARN_S = 3600  # say how long a CPU run will take when it is longer than this
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fastulm.train",
-        description="Fine-tune an AWD-LSTM language model (lm) or train a classifier (clas).",
+    p = parser(
+        "python -m fastulm.train",
+        "Fine-tune an AWD-LSTM language model (lm) or train a classifier (clas).",
     )
     sub = p.add_subparsers(dest="stage", required=True)
     for stage in ("lm", "clas"):
         s = sub.add_parser(
             stage,
             help="language-model stage" if stage == "lm" else "classifier stage",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
+            allow_abbrev=False,
         )
         s.add_argument("corpus", help="corpus folder written by python -m fastulm.tokenize")
         s.add_argument("run_dir", help="output folder (weights, logs, plots, checkpoints)")
-        s.add_argument("--preset", default="paper", help="paper, cpu or tiny")
+        s.add_argument("--preset", default="paper", help="paper, cpu or tiny (default: paper)")
         s.add_argument("--bs", type=int, help="global batch size (preset's by default)")
         s.add_argument("--bptt", type=int, help="tokens per window / chunk")
         s.add_argument("--drop-mult", type=float, help="scales every dropout")
@@ -44,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--n-hid", type=int)
         s.add_argument("--n-layers", type=int)
         s.add_argument("--lr", type=float, help="first stage's learning rate")
-        s.add_argument("--wd", type=float, help="decoupled weight decay (0.01)")
+        s.add_argument("--wd", type=float, help="decoupled weight decay (default: 0.01)")
         s.add_argument("--clip", type=float, help="clip the gradient norm to this value")
         s.add_argument(
             "--mixed-precision",
@@ -57,12 +64,25 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--backwards", action="store_true", help="read every document reversed")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
-        s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        s.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue RUN_DIR from its last checkpoint, with the options it was started with",
+        )
+        s.add_argument(
+            "--force",
+            action="store_true",
+            help="replace an earlier run in RUN_DIR (its files only)",
+        )
         s.add_argument("--time-limit", type=float, help="minutes; stop with a checkpoint")
-        s.add_argument("--checkpoint-minutes", type=float, default=10.0)
+        s.add_argument(
+            "--checkpoint-minutes", type=float, default=10.0, help="minutes between checkpoints"
+        )
         s.add_argument("--lr-find", action="store_true", help="run lr_find first (plot + hint)")
         s.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
-        s.add_argument("--quiet", action="store_true", help="no progress bars")
+        s.add_argument(
+            "--quiet", action="store_true", help="no progress bars (the epoch table stays)"
+        )
         if stage == "lm":
             s.add_argument("--pretrained", nargs=2, metavar=("WEIGHTS", "VOCAB"))
             s.add_argument("--epochs", type=int, help="unfrozen epochs")
@@ -129,12 +149,12 @@ def _stages(args, recipe):
     return gradual_unfreezing(lr, final)
 
 
-def run(args) -> int:
+def run(args, stop=None) -> int:
     import torch
 
     from fastulm.train import distributed as ddp
     from fastulm.train.presets import get_preset
-    from fastulm.train.text_learners import language_model_learner, text_classifier_learner
+    from fastulm.train.run_dir import prepare_run_dir, remove_if_empty
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,6 +165,21 @@ def run(args) -> int:
     # mapped onto this corpus's vocab)
     stages = [s for s in _stages(args, recipe) if s.epochs > 0]
     run_dir = Path(args.run_dir)
+    made = []
+    if ctx.is_main:  # before any work: a refused or unwritable RUN_DIR costs nothing
+        made = prepare_run_dir(run_dir, force=args.force, resume=args.resume)
+    try:
+        return _train(args, stop, ctx, preset, recipe, stages, run_dir)
+    except BaseException:
+        remove_if_empty(made)  # a run that failed before writing anything leaves no folder
+        raise
+
+
+def _train(args, stop, ctx, preset, recipe, stages, run_dir: Path) -> int:
+    import torch
+
+    from fastulm.train.text_learners import language_model_learner, text_classifier_learner
+
     size = {k: getattr(args, k) or v for k, v in preset.model_kw().items()}
     common = dict(
         bs=args.bs or recipe.bs,
@@ -184,18 +219,24 @@ def run(args) -> int:
     learn.checkpoint_path = run_dir / "checkpoints" / "last.pt"
     learn.checkpoint_every_s = args.checkpoint_minutes * 60
     learn.time_limit_s = args.time_limit * 60 if args.time_limit is not None else None
+    if stop is not None:
+        learn.stop_requested = lambda: stop.requested
     if args.resume:
         if learn.checkpoint_path.is_file():
             learn.resume(learn.checkpoint_path)
         elif ctx.is_main:
             print(f"no checkpoint at {learn.checkpoint_path}: starting from the beginning")
-    elif ctx.is_main:
+    if ctx.is_main and not (args.resume and (run_dir / "train_args.json").is_file()):
         _write_settings(run_dir, args, stages, common)
+    if ctx.is_main:
+        _warn_if_slow(learn, stages, args)
     if ctx.is_main and not args.quiet:
         learn.show_batch(n=3)
+    if stop is not None:
+        stop.check()  # a Ctrl-C while the run was being set up: stop before any training
+    t0 = time.monotonic()  # lr_find's sweep is part of the run's time
     if args.lr_find and not args.resume:
         learn.lr_find()
-    t0 = time.monotonic()
     for stage in stages:
         learn.freeze_to(stage.freeze_to)
         learn.fit_one_cycle(stage.epochs, stage.lr_arg())
@@ -212,6 +253,27 @@ def run(args) -> int:
     return 0
 
 
+def _warn_if_slow(learn, stages, args) -> None:
+    """On a CPU, say before the first epoch how long the recipe will take if it is long."""
+    if learn.device.type != "cpu" or not stages:
+        return
+    from fastulm.train import estimate
+
+    dl = learn.train_dl
+    tokens = len(dl) * dl.bs * dl.bptt if learn.kind == "lm" else len(dl.split.ids)
+    epochs = sum(s.epochs for s in stages)
+    seconds = estimate.training_seconds(
+        learn.model, learn.kind, tokens * epochs, estimate.matmul_flops()
+    )
+    if seconds > CPU_WARN_S:
+        print(
+            f"warning: the {args.preset!r} preset on this CPU: {estimate.describe(seconds)} "
+            f"of training ({epochs} epochs of {tokens:,} tokens). A GPU, or --preset cpu "
+            "for minutes on a CPU; Ctrl-C stops with a checkpoint.",
+            file=sys.stderr,
+        )
+
+
 def _encoder_path(arg: str) -> Path:
     path = Path(arg)
     if path.is_dir():
@@ -219,53 +281,114 @@ def _encoder_path(arg: str) -> Path:
     return path
 
 
-def _write_settings(run_dir: Path, args, stages, common) -> None:
-    import json
+# What --resume may change: how the run is carried out, not what it trains.
+_RUN_CONTROL = frozenset(
+    {"resume", "force", "time_limit", "checkpoint_minutes", "quiet", "threads", "device"}
+    | {"corpus", "run_dir", "lr_find", "stage"}
+)
 
-    from fastulm.files import atomic_write
+
+def _write_settings(run_dir: Path, args, stages, common) -> None:
+    from fastulm.files import write_text
 
     info = {
-        "argv": sys.argv[1:],
+        "args": {k: v for k, v in vars(args).items() if k not in ("resume", "force")},
         "stage": args.stage,
         "stages": [dataclasses.asdict(s) for s in stages],
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in common.items()},
     }
-    text = json.dumps(info, indent=1, default=str) + "\n"
-    atomic_write(run_dir / "train_args.json", lambda tmp: Path(tmp).write_text(text))
+    write_text(run_dir / "train_args.json", json.dumps(info, indent=1, default=str) + "\n")
+
+
+def _resumed_args(args) -> argparse.Namespace:
+    """``args`` with the training options the run was started with (its train_args.json):
+    a resume that forgot ``--preset cpu`` would otherwise build another model. An option
+    given now that differs from the run's is refused rather than silently dropped."""
+    path = Path(args.run_dir) / "train_args.json"
+    if not path.is_file():
+        return args
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        saved = info["args"] if isinstance(info, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: unreadable, so the run's options are unknown; cannot resume")
+    if saved.get("stage") not in (None, args.stage):
+        raise ValueError(f"{args.run_dir}: a {saved['stage']} run; resume it with that stage")
+    defaults = vars(_parser().parse_args([args.stage, "CORPUS", "RUN"]))
+    merged = vars(args).copy()
+    for key, value in saved.items():
+        if key in _RUN_CONTROL or key not in merged:
+            continue
+        given = merged[key]
+        if given != defaults.get(key) and given != value:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"{flag} {given} differs from the run's {value} ({path}); --resume continues "
+                f"with the run's own options: drop {flag}, or start a new run"
+            )
+        merged[key] = value
+    return argparse.Namespace(**merged)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from fastulm.stop import StopRequest
+
+    stop = StopRequest().install()
+    try:
+        return _main(args, stop)
+    finally:
+        stop.restore()
+
+
+def _main(args, stop) -> int:
     from fastulm.data import DataError
     from fastulm.model.encoder_io import EncoderMismatchError
     from fastulm.model.pretrained import PretrainedFormatError
     from fastulm.train.checkpoint import CheckpointError
-    from fastulm.train.learner import TimeLimitReached, TrainingError
+    from fastulm.train.learner import StopRequested, TimeLimitReached, TrainingError
 
     try:
+        if args.force and args.resume:
+            raise ValueError("--force and --resume exclude each other")
+        if args.resume:
+            args = _resumed_args(args)
         _check_numbers(args)
-        return run(args)
+        return run(args, stop)
     except TimeLimitReached as err:
         print(f"stopped: {err}; rerun with --resume to continue", file=sys.stderr)
         return EXIT_TIME_LIMIT
+    except StopRequested as err:
+        advice = "; rerun with --resume to continue" if "checkpoint written" in str(err) else ""
+        print(f"interrupted: {err}{advice}", file=sys.stderr)
+        return stop.exit_code
     except (
         DataError,
         CheckpointError,
         EncoderMismatchError,
         PretrainedFormatError,
         TrainingError,
-        FileNotFoundError,
         KeyError,
         ValueError,
     ) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except OSError as err:  # a full disk, a lost permission: name the file, keep what is saved
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         print(
-            "interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr
+            f"error: {where}{err.strerror or err}; files written before are kept", file=sys.stderr
         )
-        return 130
+        return 1
+    except KeyboardInterrupt:
+        last = Path(args.run_dir) / "checkpoints" / "last.pt"
+        if last.is_file():
+            print(f"interrupted; rerun with --resume to continue from {last}", file=sys.stderr)
+        else:
+            print("interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ optimizer state, where training stood (fit number, epoch, step), the loader's po
 model's carried hidden state and every random generator (torch CPU and CUDA, numpy, python).
 It is written with ``torch.save`` to a temporary name and renamed into place, and read back
 with ``weights_only=True``, so only tensors and plain containers ever come off disk.
-Weights alone go to safetensors files (tied tensors stored once).
+Weights alone go to safetensors files (tied tensors stored once). Both carry a checksum
+(fastulm.checksums) that is verified on load: a damaged file is an error, never used.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from fastulm.checksums import (
+    DamagedFileError,
+    seal_safetensors,
+    seal_state,
+    verify_safetensors,
+    verify_state,
+)
 from fastulm.files import atomic_write
 
 
@@ -27,7 +35,15 @@ class CheckpointError(RuntimeError):
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """``state`` with its checksum, atomically; a full disk is a ``WriteError`` naming
+    ``path`` (torch.save given a file object passes the OSError on)."""
+    sealed = seal_state(state)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(sealed, f)
+
+    atomic_write(path, write)
 
 
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -35,9 +51,21 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
+    try:
+        verify_state(state, path)
+    except DamagedFileError as err:
+        raise CheckpointError(str(err)) from None
+    if isinstance(state, dict):
+        state.pop("sha256", None)
+    return state
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def rng_state() -> dict[str, Any]:
@@ -78,13 +106,27 @@ def _to_tuples(obj):
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """Model weights as safetensors (shared tensors such as the tied decoder stored once)."""
-    atomic_write(path, lambda tmp: save_model(_unwrap(model), tmp))
+
+    def write(tmp: str) -> None:
+        try:
+            save_model(_unwrap(model), tmp)
+        except Exception as err:  # safetensors reports a full disk as its own error type
+            if isinstance(err, OSError):
+                raise
+            raise OSError(_first_line(err)) from None
+        seal_safetensors(tmp)
+
+    atomic_write(path, write)
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
+    try:
+        verify_safetensors(path)
+    except DamagedFileError as err:
+        raise CheckpointError(str(err)) from None
     try:
         missing, unexpected = load_model(_unwrap(model), path, strict=False)
     except Exception as err:

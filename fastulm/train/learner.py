@@ -57,6 +57,11 @@ class TimeLimitReached(Exception):
     """The run stopped at its time limit after writing a checkpoint; resume to continue."""
 
 
+class StopRequested(Exception):
+    """Training stopped at a step boundary on request (Ctrl-C, SIGTERM); the message says
+    whether a checkpoint was written."""
+
+
 class Precision:
     """Mixed precision: bf16 autocast where the GPU has it, else fp16 with a gradient scaler.
 
@@ -120,6 +125,7 @@ class Learner:
         device: torch.device | str | None = None,
         layer_groups: list[list[nn.Parameter]] | None = None,
         show_progress: bool = True,
+        show_table: bool = True,
         sqr_mom: float = 0.99,
         eps: float = 1e-5,
     ):
@@ -137,7 +143,8 @@ class Learner:
         self.lr, self.wd, self.moms = lr, wd, normalize_moms(moms)
         self.alpha, self.beta, self.clip = alpha, beta, clip
         self.precision = Precision(mixed_precision, self.device)
-        self.show_progress = show_progress and self.dist.is_main
+        self.show_progress = show_progress and self.dist.is_main  # the bars
+        self.show_table = show_table and self.dist.is_main  # the per-epoch table
         groups = layer_groups if layer_groups is not None else self._model_groups()
         self.layer_groups = complete_groups(self.model, groups)
         self.opt = make_optimizer(self.model, self.layer_groups, wd=wd, sqr_mom=sqr_mom, eps=eps)
@@ -148,6 +155,8 @@ class Learner:
         self.checkpoint_path: Path | None = None
         self.checkpoint_every_s: float | None = None
         self.time_limit_s: float | None = None
+        # asked at step boundaries: True stops training with a checkpoint (the CLI's Ctrl-C)
+        self.stop_requested: Callable[[], bool] | None = None
         self._resume: dict[str, Any] | None = None
         self._started = time.monotonic()
         # where the current fit stands (read by hooks and checkpoints)
@@ -220,7 +229,7 @@ class Learner:
         self.n_epoch = n_epoch
         self.fit_id = fit_id
         self._last_ckpt = time.monotonic()
-        if self.show_progress and start_epoch < n_epoch:
+        if self.show_table and start_epoch < n_epoch:
             print(self._table_header())
         if start_epoch == 0 and start_step == 0:
             self._smooth = [0.0, 0]  # one average per fit, as fastai's Recorder
@@ -243,7 +252,7 @@ class Learner:
                 row["skipped_steps"] = self._skipped
             self.history["epochs"].append(row)
             self.history["valid"].append([len(self.history["steps"]), valid_loss])
-            if self.show_progress:
+            if self.show_table:
                 print(self._table_row(row))
             self.epoch, self.step_in_epoch = epoch + 1, 0
             self._write_logs()
@@ -251,6 +260,8 @@ class Learner:
                 hook(self)
             if self.checkpoint_path is not None:
                 self.save_checkpoint()
+            if self._stop_agreed():
+                raise StopRequested(self._stop_message(saved=self.checkpoint_path is not None))
 
     def _epoch_seed(self, fit_id: int, epoch: int) -> int:
         # every (fit, epoch) pair shuffles differently, and identically after a resume
@@ -276,16 +287,43 @@ class Learner:
             pending.append(self._step(x, y, lrs, mom))
             step += 1
             self.step_in_epoch = step
-            if len(pending) >= sync_every or step == n_iter:
+            flushed = len(pending) >= sync_every or step == n_iter
+            if flushed:
                 self._record_losses(pending, lrs)
                 pending = []
                 bar.set_postfix(loss=f"{self.smooth_loss:.4f}", refresh=False)
             bar.update(1)
             for hook in self.after_step:
                 hook(self)
-            if step < n_iter:
+            # checkpoints only where every loss so far is recorded, so a resume continues
+            # the same smoothed loss and history
+            if flushed and step < n_iter:
+                if self._stop_agreed():
+                    bar.close()
+                    self._stop_now()
                 self._maybe_checkpoint()
         bar.close()
+
+    def _stop_agreed(self) -> bool:
+        """Has a stop been asked for (on any rank: all ranks must stop at the same step)?"""
+        local = bool(self.stop_requested is not None and self.stop_requested())
+        if not self.dist.active:
+            return local
+        flag = torch.tensor([float(local)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _stop_now(self) -> None:
+        saved = self.checkpoint_path is not None
+        if saved:
+            self.save_checkpoint()
+        raise StopRequested(self._stop_message(saved))
+
+    def _stop_message(self, saved: bool) -> str:
+        where = f"stopped at epoch {self.epoch + 1}, step {self.step_in_epoch}"
+        if saved:
+            return f"{where}; checkpoint written to {self.checkpoint_path}"
+        return f"{where}; no checkpoint path set, nothing saved"
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, lrs: list[float], mom: float):
         """One optimizer step; returns the batch's (detached) loss without AR/TAR."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from fastulm.train import checkpoint as ckpt
 from fastulm.train.plots import plot_lr_find
@@ -79,14 +80,21 @@ def lr_find(
     n_groups = len(learn.layer_groups)
     learn.model.train()
     learn._reset_model()
+    stopped = False
+    bar = tqdm(total=sweep.num_it, desc="lr_find", disable=not learn.show_progress, leave=False)
     try:
-        while it < sweep.num_it:
+        while it < sweep.num_it and not stopped:
             learn.train_dl.set_epoch(epoch)
             epoch += 1
             for x, y in learn.train_dl:
                 lr = sweep.lr(it)
                 loss = learn._step(x, y, [lr] * n_groups, None).item()
                 it += 1
+                bar.update(1)
+                bar.set_postfix(lr=f"{lr:.1e}", refresh=False)
+                stopped = learn.stop_requested is not None and learn.stop_requested()
+                if stopped:
+                    break
                 if not math.isfinite(loss):
                     break
                 avg = 0.98 * avg + 0.02 * loss
@@ -100,11 +108,14 @@ def lr_find(
                 continue
             break
     finally:
+        bar.close()
         learn.model.load_state_dict(saved_model)
         learn.opt.load_state_dict(saved_opt)
         learn.opt.zero_grad(set_to_none=True)
         ckpt.set_rng_state(saved_rng)
         learn._reset_model()
+    if stopped:
+        raise KeyboardInterrupt  # the model is restored; nothing of the sweep is kept
     result = LRFindResult(lrs, losses)
     trimmed_lrs = np.asarray(lrs[num_it // 10 : -5])
     trimmed = np.asarray(losses[num_it // 10 : -5])

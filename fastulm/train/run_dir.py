@@ -17,21 +17,100 @@ RUN_DIR/
 
 Every file is written to a temporary name and renamed, so a killed run never leaves half a
 file; predict and generate need only config.json, vocab.json and model.safetensors.
+
+``prepare_run_dir`` guards the folder before any work: training into an earlier run needs
+``--resume`` or ``--force``, and ``--force`` clears only a folder that holds nothing but a
+run's own files (anything else in it is the user's, and is never deleted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from fastulm.files import atomic_write
+from fastulm.files import WriteError, atomic_write, check_replaceable
 from fastulm.train.checkpoint import CheckpointError, load_weights, save_weights
 
 FORMAT = "fastulm-run-1"
+
+# Everything a run writes into its folder (see the layout above).
+RUN_FILES = frozenset(
+    {
+        *("config.json", "vocab.json", "model.safetensors", "train_args.json"),
+        *("encoder.safetensors", "encoder.json", "models", "checkpoints"),
+        *("log.jsonl", "log.csv", "losses.png", "lr_find.png", "confusion.png"),
+        "predictions.csv",
+    }
+)
+MARKERS = ("config.json", "train_args.json")
+
+
+def _is_leftover(name: str) -> bool:
+    """A temporary file of an interrupted atomic write (``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True for a folder holding a run's files and nothing else."""
+    path = Path(path)
+    names = [p.name for p in path.iterdir()]
+    return any(m in names for m in MARKERS) and all(
+        n in RUN_FILES or _is_leftover(n) for n in names
+    )
+
+
+def prepare_run_dir(
+    run_dir: str | Path, *, force: bool = False, resume: bool = False
+) -> list[Path]:
+    """Make ``run_dir`` ready for a training run, or raise ``WriteError`` saying why not.
+
+    Refuses an earlier run unless ``resume`` (continue it) or ``force`` (clear it first),
+    anything that is not a run folder, and a place that cannot be written: a probe file is
+    created and removed, so a read-only or missing disk fails now, not after an epoch.
+    Returns the folders it made, for ``remove_if_empty`` when the run fails early."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not resume:
+        check_replaceable(run_dir, force=force, owned=is_run_dir, what="run directory")
+        if force and run_dir.is_dir():
+            for entry in run_dir.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise WriteError(f"{run_dir}: exists and is not a folder")
+    elif resume and run_dir.is_dir() and any(run_dir.iterdir()) and not is_run_dir(run_dir):
+        raise WriteError(f"{run_dir}: is not a fastulm run directory; nothing to resume")
+    made = [p for p in (*reversed(run_dir.parents), run_dir) if not p.exists()]
+    if not (run_dir / "checkpoints").exists():
+        made.append(run_dir / "checkpoints")
+    for folder in (run_dir, run_dir / "checkpoints"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise WriteError(
+                f"{folder}: cannot write the run here ({err.strerror or err})"
+            ) from None
+    return made
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run made, deepest first, where they are still empty
+    (``rmdir`` refuses a folder with anything in it)."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def write_run(

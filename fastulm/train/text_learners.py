@@ -263,6 +263,13 @@ def text_classifier_learner(
             raise DataError(f"{corpus.path}: split {split.name!r} has no labelled documents")
     n_classes = len(names) or int(np.max(train.labels)) + 1
     train, valid = (_labelled(s) for s in (train, valid))
+    present = np.unique(np.asarray(train.labels))
+    if n_classes < 2 or len(present) < 2:
+        only = names[present[0]] if len(names) > present[0] else str(present[0])
+        raise DataError(
+            f"{corpus.path}: split {train_split!r} has only one class ({only!r}); "
+            "a classifier needs at least two"
+        )
     model_kw = {k: kwargs.pop(k) for k in ("emb_sz", "n_hid", "n_layers") if k in kwargs}
     if config is None:
         config = AWDLSTMConfig.classifier(

@@ -1,0 +1,278 @@
+"""`python -m fastulm.train` never loses a user's files and stops with a checkpoint:
+existing run folders, unwritable places, failed saves, Ctrl-C, --resume's options, damaged
+checkpoints, one-class data, file modes, and the small things of its command line."""
+
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fastulm import __main__ as fastulm_main
+from fastulm.train import __main__ as train_cli
+from fastulm.train.__main__ import main as train_main
+from fastulm_testkit import TINY_TRAIN, one_torch_thread, write_small_corpus  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_small_corpus(tmp_path_factory.mktemp("safety"))
+
+
+def _files(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _err_line(capsys):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_an_earlier_run_is_refused_without_resume_or_force(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "1"]) == 0
+    before = _files(run)
+    capsys.readouterr()
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "1"]) == 1
+    assert "use --force" in _err_line(capsys)
+    assert _files(run) == before
+    # --force replaces it: a different seed gives different weights
+    argv = ["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "1", "--seed", "1", "--force"]
+    assert train_main(argv) == 0
+    assert _files(run)["model.safetensors"] != before["model.safetensors"]
+
+
+def test_force_never_deletes_a_folder_fastulm_did_not_write(corpus, tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.tex").write_text("years of work")
+    argv = ["lm", str(corpus), str(notes), *TINY_TRAIN, "--epochs", "1", "--force"]
+    assert train_main(argv) == 1
+    assert "thesis.tex" in _err_line(capsys)
+    assert sorted(p.name for p in notes.iterdir()) == ["thesis.tex"]
+    # a run folder with a user's file inside is not a run folder either
+    run = tmp_path / "run"
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "0"]) == 0
+    (run / "my_notes.txt").write_text("keep")
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "0", "--force"]) == 1
+    assert (run / "my_notes.txt").read_text() == "keep"
+
+
+def test_an_unwritable_run_dir_fails_before_any_work(corpus, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    t0 = time.monotonic()
+    assert train_main(["lm", str(corpus), str(tmp_path / "file" / "run"), *TINY_TRAIN]) == 1
+    assert "cannot write" in _err_line(capsys)
+    assert time.monotonic() - t0 < 5  # refused up front, not after training
+
+
+def test_a_failed_save_names_the_file_and_keeps_what_was_saved(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    run = tmp_path / "run"
+    argv = ["lm", str(corpus), str(run), *TINY_TRAIN, "--frozen-epochs", "1", "--epochs", "1"]
+    real_save = torch.save
+    calls = []
+
+    def full_disk(obj, f, *a, **kw):  # the first checkpoint is written, then the disk fills
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert train_main(argv) == 1
+    line = _err_line(capsys)
+    assert "last.pt" in line and "No space left on device" in line
+    # the first epoch's checkpoint is intact and resumable, and no temporary file is left
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--resume"]) == 0
+
+
+def test_resume_takes_the_runs_own_options(corpus, tmp_path, capsys):
+    """The run was started with --preset tiny and --emb-sz 32; a resume that repeats
+    neither used to build the paper-size model and fail on the checkpoint's shapes."""
+    run = tmp_path / "run"
+    argv = ["lm", str(corpus), str(run), *TINY_TRAIN, "--emb-sz", "32", "--time-limit", "0"]
+    assert train_main(argv) == train_cli.EXIT_TIME_LIMIT
+    assert train_main(["lm", str(corpus), str(run), "--resume", "--quiet", "--threads", "1"]) == 0
+    weights = load_file(str(run / "model.safetensors"))
+    assert weights["0.encoder.weight"].shape[1] == 32
+    capsys.readouterr()
+    again = ["lm", str(corpus), str(run), "--resume", "--emb-sz", "48"]
+    assert train_main(again) == 1
+    assert "--emb-sz 48 differs from the run's 32" in _err_line(capsys)
+
+
+def test_resume_refuses_a_damaged_checkpoint(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["lm", str(corpus), str(run), *TINY_TRAIN, "--time-limit", "0"]
+    assert train_main(argv) == train_cli.EXIT_TIME_LIMIT
+    last = run / "checkpoints" / "last.pt"
+    raw = bytearray(last.read_bytes())
+    raw[raw.index(b"data/0") + 200] ^= 0x04  # inside a stored tensor
+    last.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert train_main(["lm", str(corpus), str(run), "--resume"]) == 1
+    assert "last.pt" in _err_line(capsys)
+    assert not (run / "model.safetensors").exists()
+
+
+def test_stop_request_checkpoints_at_a_step_and_resumes_to_the_same_model(corpus, tmp_path):
+    """What Ctrl-C does, in process: stop after some steps with a checkpoint, resume, and
+    end with exactly the weights of an uninterrupted run."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    base = ["lm", str(corpus)]
+    assert train_main([*base, str(whole), *TINY_TRAIN]) == 0
+
+    class StopAfter:  # the signal handler's flag, as the trainer asks it at each step
+        def __init__(self, n):
+            self.asked, self.n = 0, n
+
+        @property
+        def requested(self):
+            self.asked += 1
+            return self.asked >= self.n
+
+        def check(self):
+            pass
+
+    from fastulm.train.learner import StopRequested
+
+    args = train_cli._parser().parse_args([*base, str(split), *TINY_TRAIN])
+    with pytest.raises(StopRequested, match="checkpoint written"):
+        train_cli.run(args, StopAfter(5))
+    assert (split / "checkpoints" / "last.pt").is_file()
+    assert not (split / "model.safetensors").exists()
+    assert train_main([*base, str(split), "--resume"]) == 0
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigint_stops_with_a_checkpoint_and_true_advice(corpus, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fastulm.train", "lm", str(corpus), str(run), *TINY_TRAIN]
+    cmd += ["--epochs", "500"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the epoch table's header is printed as training starts
+    for line in proc.stdout:
+        if "train_loss" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "checkpoint written to" in err and "--resume" in err
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_stop_before_training_does_not_promise_a_resume(corpus, tmp_path, capsys):
+    class Stopped:  # Ctrl-C came while the corpus was being opened
+        requested = True
+        exit_code = 130
+
+        def check(self):
+            raise KeyboardInterrupt
+
+    args = train_cli._parser().parse_args(["lm", str(corpus), str(tmp_path / "r"), *TINY_TRAIN])
+    assert train_cli._main(args, Stopped()) == 130
+    line = _err_line(capsys)
+    assert "nothing to resume" in line and "--resume" not in line
+
+
+def test_one_class_training_set_is_refused(tmp_path, capsys):
+    from fastulm.tokenize import main as tokenize_main
+
+    rows = ["label,text,is_valid"] + [
+        f"pos,review number {i} was fine,{i % 4 == 0}" for i in range(40)
+    ]
+    (tmp_path / "one.csv").write_text("\n".join(rows) + "\n")
+    corpus = tmp_path / "corpus"
+    assert tokenize_main([str(tmp_path / "one.csv"), str(corpus), "--workers", "1", "--quiet"]) == 0
+    lm = tmp_path / "lm"
+    assert train_main(["lm", str(corpus), str(lm), *TINY_TRAIN, "--epochs", "0"]) == 0
+    capsys.readouterr()
+    argv = ["clas", str(corpus), str(tmp_path / "c"), *TINY_TRAIN, "--encoder", str(lm)]
+    assert train_main(argv) == 1
+    assert "only one class ('pos')" in _err_line(capsys)
+    assert not (tmp_path / "c").exists()
+
+
+def test_run_files_follow_the_umask(corpus, tmp_path):
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "1"]) == 0
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(run)): stat.S_IMODE(p.stat().st_mode) for p in run.rglob("*")}
+    assert "checkpoints/last.pt" in modes and "losses.png" in modes
+    for name, mode in modes.items():
+        assert mode == (0o755 if (run / name).is_dir() else 0o644), name
+
+
+def test_quiet_keeps_the_epoch_table(corpus, tmp_path, capsys):
+    assert train_main(["lm", str(corpus), str(tmp_path / "r"), *TINY_TRAIN, "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "train_loss" in out and "valid_loss" in out
+
+
+def test_a_long_cpu_run_says_so_before_starting(corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train_cli, "CPU_WARN_S", 0)
+    assert train_main(["lm", str(corpus), str(tmp_path / "r"), *TINY_TRAIN, "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the 'tiny' preset on this CPU: about" in err
+
+
+def test_training_seconds_is_six_flops_per_parameter_per_token():
+    from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
+    from fastulm.train import estimate
+
+    lm = get_language_model(100, AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2))
+    n = sum(p.numel() for p in lm.parameters())
+    assert estimate.training_seconds(lm, "lm", 1000, 6e9) == pytest.approx(n * 1e-6)
+    clas = get_classifier(100, 2, AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2))
+    m = sum(p.numel() for p in clas.parameters()) - 100 * 8  # the embedding is only looked up
+    assert estimate.training_seconds(clas, "clas", 1000, 6e9) == pytest.approx(m * 1e-6)
+    assert estimate.describe(3 * 86400) == "about 3 days"
+
+
+@pytest.mark.parametrize("flag", ["--epoch", "--frozen", "--check"])
+def test_abbreviated_options_are_usage_errors(corpus, tmp_path, flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_main(["lm", str(corpus), str(tmp_path / "r"), *TINY_TRAIN, flag, "1"])
+    assert exc.value.code == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_shows_each_default_once():
+    for stage in ("lm", "clas"):
+        text = train_cli._parser()._subparsers._group_actions[0].choices[stage].format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text
+        for line in text.splitlines():
+            assert line.count("default") <= 1, line
+
+
+def test_one_fastulm_command_runs_every_cli(corpus, tmp_path, capsys):
+    assert fastulm_main.main([]) == 0
+    listing = capsys.readouterr().out
+    for name in ("tokenize", "train", "predict", "generate"):
+        assert f"  {name}" in listing
+    assert fastulm_main.main(["nope"]) == 2
+    argv = ["train", "lm", str(corpus), str(tmp_path / "r"), *TINY_TRAIN, "--epochs", "0"]
+    assert fastulm_main.main(argv) == 0
+    assert (tmp_path / "r" / "model.safetensors").is_file()
+    res = subprocess.run([sys.executable, "-m", "fastulm"], capture_output=True, text=True)
+    assert res.returncode == 0 and "generate" in res.stdout
