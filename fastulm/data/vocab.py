@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fastulm.data import DataError
+from fastulm.files import write_text
 
 FAKE_TOKEN = "xxfake"
 
@@ -113,16 +113,8 @@ class Vocab:
         return "[\n" + body[1:-1] + "\n]\n" if self.itos else "[]\n"
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``path`` atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write ``path`` atomically, with the user's umask (fastulm.files)."""
+        write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:

@@ -110,3 +110,16 @@ def test_same_as_fastai_on_sample_and_numericalize(fastai_text, imdb_sample):
     for d in docs[:50]:
         assert v.numericalize(d).tolist() == num.encodes(d).tolist()
         assert v.decode(v.numericalize(d)) == list(num.decodes(num.encodes(d)))
+
+
+def test_saved_vocab_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        Vocab(["xxunk", "xxpad", "a"]).save(tmp_path / "vocab.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "vocab.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert Vocab.load(tmp_path / "vocab.json").itos == ["xxunk", "xxpad", "a"]
