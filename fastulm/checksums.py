@@ -77,11 +77,23 @@ def verify_safetensors(path: str | os.PathLike) -> bool:
     try:
         with open(path, "rb") as f:
             _, header = _header(f)
+            start = f.tell()
+            size = f.seek(0, os.SEEK_END) - start
+            need = max(
+                (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+            if size != need:
+                what = "truncated" if size < need else "longer than its header says"
+                raise DamagedFileError(f"{path}: damaged ({what}: {size} of {need} data bytes)")
             expected = (header.get("__metadata__") or {}).get(KEY)
             if expected is None:
                 return False
+            f.seek(start)
             actual = _hash_rest(f)
-    except (ValueError, UnicodeDecodeError) as err:
+    except DamagedFileError:
+        raise
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError) as err:
         raise DamagedFileError(f"{path}: damaged, not a readable weights file ({err})") from None
     if actual != expected:
         raise DamagedFileError(

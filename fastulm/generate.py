@@ -4,45 +4,65 @@
         --n-sentences 2 --temperature 0.75 --seed 0 [--n-samples 2]
 
 Each new token is fed once with the hidden state carried; the output is decoded back to
-readable text (capitals, repeats and spacing restored).
+readable text (capitals, repeats and spacing restored). Bad numbers are a usage error
+(exit 2) before the model is loaded; a model that gives NaN/inf scores is an error (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 
 def _parser() -> argparse.ArgumentParser:
+    # No abbreviations: a typo such as --temp must not silently mean --temperature.
     p = argparse.ArgumentParser(
         prog="python -m fastulm.generate",
         description="Continue a prompt with a language model trained by python -m fastulm.train lm.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("run_dir", help="language-model run directory")
     p.add_argument("prompt", help="text to continue")
-    p.add_argument("--n-words", type=int, default=40, help="tokens to sample at most")
+    p.add_argument("--n-words", type=int, default=40, help="tokens to sample at most (default 40)")
     p.add_argument("--n-sentences", type=int, help="stop after this many sentences")
-    p.add_argument("--temperature", type=float, default=0.75)
-    p.add_argument("--min-p", type=float, help="drop tokens less likely than this")
+    p.add_argument(
+        "--temperature", type=float, default=0.75, help="0 = always the likeliest (default 0.75)"
+    )
+    p.add_argument("--min-p", type=float, help="drop tokens less likely than this, in [0, 1)")
     p.add_argument("--allow-unk", action="store_true", help="let xxunk be sampled")
     p.add_argument("--seed", type=int, help="makes the sample repeatable")
-    p.add_argument("--n-samples", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-samples", type=int, default=1, help="continuations to print (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default cpu)")
     return p
+
+
+def _bad_numbers(args: argparse.Namespace) -> str | None:
+    """Why the numbers cannot be sampled with, or None."""
+    if args.n_words < 1:
+        return f"--n-words must be >= 1, got {args.n_words}"
+    if args.n_sentences is not None and args.n_sentences < 1:
+        return f"--n-sentences must be >= 1, got {args.n_sentences}"
+    if args.n_samples < 1:
+        return f"--n-samples must be >= 1, got {args.n_samples}"
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        return f"--temperature must be a finite number >= 0, got {args.temperature}"
+    if args.min_p is not None and not 0 <= args.min_p < 1:
+        return f"--min-p is a probability threshold in [0, 1), got {args.min_p}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from fastulm.train.checkpoint import CheckpointError
-
-    if args.n_words < 1 or args.temperature < 0:
-        print("error: --n-words must be positive and --temperature not negative", file=sys.stderr)
+    why = _bad_numbers(args)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
         return 2
-    try:
-        from fastulm.generation import generate_text
-        from fastulm.train.run_dir import load_run
+    from fastulm.generation import NonFiniteError, generate_text
+    from fastulm.train.checkpoint import CheckpointError
+    from fastulm.train.run_dir import load_run
 
+    try:
         run = load_run(args.run_dir, args.device)
         if run.kind != "lm":
             raise ValueError(f"{args.run_dir}: a {run.kind} run, not a language model")
@@ -61,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                     seed=seed,
                 )
             )
+    except NonFiniteError as err:
+        print(f"error: {args.run_dir}: {err}", file=sys.stderr)
+        return 1
     except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -6,6 +6,9 @@ reruns the whole sequence from a reset state at every step, O(n^2) for the same 
 in eval mode.) Sampling follows the reference: xxunk can be excluded, probabilities under
 `min_p` dropped, then probs ** (1 / temperature) sampled; here that is computed as
 softmax(log p / temperature), the same distribution without underflow at low temperatures.
+
+A model whose scores are NaN or infinite (corrupt weights) raises `NonFiniteError` rather
+than sampling garbage or returning NaN probabilities.
 """
 
 from __future__ import annotations
@@ -26,6 +29,28 @@ from fastulm.text.detokenize import detokenize
 
 UNK_ID = 0
 SENTENCE_ENDS = (".", "!", "?", "…")
+
+
+class NonFiniteError(ValueError):
+    """The model's scores are NaN or infinite: any token or label drawn from them is noise."""
+
+
+def _check_finite(scores: torch.Tensor, model: nn.Module) -> None:
+    if bool(torch.isfinite(scores).all()):
+        return
+    if any(not bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise NonFiniteError(
+            "the model's weights are not finite (NaN/inf); retrain or use another checkpoint"
+        )
+    raise NonFiniteError("the model's output is not finite (NaN/inf) although its weights are")
+
+
+def check_sampling(temperature: float, min_p: float | None) -> None:
+    """Refuse settings that would only fail later, deep inside sampling (or sample noise)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if min_p is not None and not 0 <= min_p < 1:
+        raise ValueError(f"min_p is a probability threshold in [0, 1), got {min_p}")
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -49,11 +74,13 @@ class LMStepper:
             raise ValueError("the prompt is empty: give at least one token (e.g. xxbos)")
         lm.reset()
         self.logits = _logits(lm(ids.view(1, -1)))[0, -1].float()
+        _check_finite(self.logits, lm)
 
     def feed(self, token_id: int) -> torch.Tensor:
         """Logits for the token after `token_id`."""
         x = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
         self.logits = _logits(self.lm(x))[0, -1].float()
+        _check_finite(self.logits, self.lm)
         return self.logits
 
 
@@ -65,17 +92,21 @@ def sample_next(
     generator: torch.Generator | None = None,
     unk_id: int = UNK_ID,
 ) -> int:
-    """One token id from next-token logits [vocab]; temperature <= 0 means argmax."""
+    """One token id from next-token logits [vocab]; temperature 0 means argmax.
+
+    `min_p` is a probability (fastai's): tokens less likely than it are dropped; 0 keeps all.
+    """
+    check_sampling(temperature, min_p)
     logp = F.log_softmax(logits.detach().float().cpu(), dim=-1)
     if no_unk:
         logp[unk_id] = -math.inf
-    if min_p is not None:
+    if min_p:
         keep = logp >= math.log(min_p)
         if keep.any():
             logp = logp.masked_fill(~keep, -math.inf)
         else:
             warnings.warn(f"no token has probability >= {min_p}; min_p ignored", stacklevel=2)
-    if temperature <= 0:
+    if temperature == 0:
         return int(logp.argmax())
     probs = torch.softmax(logp / temperature, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
@@ -105,6 +136,7 @@ def generate(
     ends = {int(i) for i in sentence_end_ids}
     if n_sentences is not None and not ends:
         raise ValueError("n_sentences needs sentence_end_ids (the ids of '.', '!', '?')")
+    check_sampling(temperature, min_p)
     ids = [int(i) for i in torch.as_tensor(prompt_ids).view(-1).tolist()]
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     was_training = lm.training
@@ -190,6 +222,7 @@ def classify(
                 x = pad_batch([docs[j] for j in order[i : i + bs]], pad_id, bptt)
                 clf.reset()
                 logits = _logits(clf(torch.from_numpy(x).to(device))).float()
+                _check_finite(logits, clf)
                 parts.append(torch.softmax(logits, dim=-1).cpu())
     finally:
         clf.reset()

@@ -5,9 +5,19 @@ import pytest
 import torch
 from torch import nn
 
+from fastulm import generate as generate_cli
 from fastulm.data.vocab import Vocab
-from fastulm.generation import LMStepper, classify, encode_texts, generate, generate_text
+from fastulm.generation import (
+    LMStepper,
+    NonFiniteError,
+    classify,
+    encode_texts,
+    generate,
+    generate_text,
+)
 from fastulm.model import get_classifier, get_language_model
+from fastulm.train.run_dir import write_run
+from fastulm_testkit import one_torch_thread  # noqa: F401 (autouse here)
 
 V = 40
 SMALL = dict(emb_sz=16, n_hid=24, n_layers=2)
@@ -220,3 +230,125 @@ def test_prompts_are_numericalized_as_the_corpus():
     for vocab in (itos, Vocab(itos)):
         (ids,) = encode_texts(vocab, ["The movie xxfake zebra good"])
         assert ids.tolist() == want
+
+
+# ---- bad settings and broken models ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, says",
+    [
+        (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
+        (dict(temperature=float("inf")), "temperature must be a finite number >= 0"),
+        (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+        (dict(min_p=-1.0), r"min_p is a probability threshold in \[0, 1\)"),
+        (dict(min_p=1.0), "min_p is a probability threshold"),
+        (dict(min_p=float("nan")), "min_p is a probability threshold"),
+    ],
+)
+def test_bad_sampling_settings_stop_before_the_model_runs(kw, says):
+    model = ConstantLM(torch.zeros(4))
+    with pytest.raises(ValueError, match=says):
+        generate(model, [1], 5, seed=0, **kw)
+    assert model.resets == 0
+
+
+def test_min_p_zero_keeps_every_token():
+    """fastai keeps tokens with p >= min_p: 0 keeps them all (it was a math domain error)."""
+    model = ConstantLM(torch.tensor([0.1, 0.2, 0.3, 0.4]).log())
+    assert generate(model, [1], 50, min_p=0.0, seed=2) == generate(model, [1], 50, seed=2)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.75])
+def test_nan_weights_are_an_error_not_a_sample(lm, temperature):
+    """At temperature 0 the argmax of NaNs used to return a token silently."""
+    with torch.no_grad():
+        lm.body.encoder.weight[5].fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="weights are not finite"):
+        generate(lm, [2, 5], 5, temperature=temperature, seed=0)
+    assert lm.body.hidden is None  # still reset afterwards
+
+
+class OverflowingLM(ConstantLM):
+    """Finite weights, infinite scores."""
+
+    def forward(self, x):
+        return (self.logits.expand(*x.shape, -1) * float("inf"),)
+
+
+def test_non_finite_output_with_finite_weights():
+    with pytest.raises(NonFiniteError, match="output is not finite"):
+        generate(OverflowingLM(torch.tensor([1.0, 2.0, 3.0])), [1], 3, seed=0)
+
+
+def test_classify_nan_weights_is_an_error(clf):
+    with torch.no_grad():
+        clf.body.encoder.weight[7].fill_(float("nan"))
+    docs = [d[d != 7] for d in make_docs(5, 9)]  # these never read the NaN row
+    assert torch.isfinite(classify(clf, docs, bs=2)).all()
+    with pytest.raises(NonFiniteError, match="weights are not finite"):  # one document does
+        classify(clf, [*docs, np.array([2, 7, 9], dtype=np.int32)], bs=2)
+
+
+# ---- the generate command ----------------------------------------------------------------------
+
+RUN_VOCAB = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
+RUN_VOCAB += ["the", "cast", "was", "great", "film", ".", "!", "and", *[f"w{i}" for i in range(23)]]
+
+
+@pytest.fixture
+def lm_run(tmp_path, lm):
+    assert len(RUN_VOCAB) == V
+    write_run(tmp_path / "lm", lm, RUN_VOCAB, None, {"kind": "lm"})
+    return tmp_path / "lm"
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
+        (["--temperature", "inf"], "--temperature must be a finite number >= 0, got inf"),
+        (["--temperature=-1"], "--temperature must be a finite number >= 0"),
+        (["--min-p=-1"], "--min-p is a probability threshold in [0, 1), got -1.0"),
+        (["--min-p", "1"], "--min-p is a probability threshold in [0, 1)"),
+        (["--n-samples", "0"], "--n-samples must be >= 1, got 0"),
+        (["--n-words", "0"], "--n-words must be >= 1, got 0"),
+        (["--n-sentences", "0"], "--n-sentences must be >= 1, got 0"),
+    ],
+)
+def test_cli_bad_numbers_are_usage_errors(tmp_path, capsys, flags, says):
+    """Checked before the run is even loaded: the run dir here does not exist."""
+    assert generate_cli.main([str(tmp_path / "no_run"), "The cast was", *flags]) == 2
+    assert _one_error_line(capsys).startswith(f"error: {says}")
+
+
+def test_cli_min_p_zero_runs(lm_run, capsys):
+    argv = [str(lm_run), "The cast was", "--n-words", "5", "--seed", "0"]
+    assert generate_cli.main([*argv, "--min-p", "0"]) == 0
+    with_zero = capsys.readouterr().out
+    assert generate_cli.main(argv) == 0
+    assert capsys.readouterr().out == with_zero
+
+
+def test_cli_nan_weights_name_the_run(tmp_path, lm, capsys):
+    with torch.no_grad():
+        lm.head.decoder.bias.fill_(float("nan"))
+    write_run(tmp_path / "nan", lm, RUN_VOCAB, None, {"kind": "lm"})
+    assert generate_cli.main([str(tmp_path / "nan"), "The cast was", "--temperature", "0"]) == 1
+    assert _one_error_line(capsys) == (
+        f"error: {tmp_path / 'nan'}: the model's weights are not finite (NaN/inf); "
+        "retrain or use another checkpoint\n"
+    )
+
+
+def test_cli_abbreviated_option_is_a_usage_error(lm_run, capsys):
+    with pytest.raises(SystemExit) as info:
+        generate_cli.main([str(lm_run), "The cast was", "--temp", "0.5"])  # not --temperature
+    assert info.value.code == 2
+    assert "unrecognized arguments: --temp" in capsys.readouterr().err

@@ -1,16 +1,27 @@
-"""Saving and loading the encoder alone (LM -> classifier), with its vocab and config."""
+"""Saving and loading the encoder alone (LM -> classifier), with its vocab and config.
+
+``<name>.safetensors`` carries the checksum of its data and of its ``<name>.json`` vocab, so
+a damaged file or a mismatched pair is an error on load, never a silently wrong encoder.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fastulm.checksums import DamagedFileError, seal_safetensors, verify_safetensors
+from fastulm.files import atomic_write
 from fastulm.model.awd_lstm import AWDLSTM
+from fastulm.model.config import AWDLSTMConfig
+
+FORMAT = "fastulm-encoder-1"
+VOCAB_KEY = "fastulm_vocab_sha256"
 
 
 class EncoderMismatchError(ValueError):
@@ -47,19 +58,72 @@ def save_encoder(model: nn.Module, path: str | Path, vocab: list[str]) -> Path:
             f"vocab has {len(vocab)} tokens but the encoder has {enc.encoder.num_embeddings} rows"
         )
     st_path, js_path = _paths(path)
-    st_path.parent.mkdir(parents=True, exist_ok=True)
     # clones: the tied embedding appears under two keys, which safetensors will not alias
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in enc.state_dict().items()}
-    meta = {"vocab": list(vocab), "config": enc.config.to_dict(), "format": "fastulm-encoder-1"}
-    tmp_st, tmp_js = (
-        st_path.with_name(st_path.name + ".tmp"),
-        js_path.with_name(js_path.name + ".tmp"),
-    )
-    save_file(tensors, str(tmp_st))
-    tmp_js.write_text(json.dumps(meta))
-    os.replace(tmp_st, st_path)
-    os.replace(tmp_js, js_path)
+    meta = {"vocab": list(vocab), "config": enc.config.to_dict(), "format": FORMAT}
+    # the weights name their vocab file's contents, so a pair mixed up by a crash between the
+    # two renames (or by hand) is detected on load
+    pair = {VOCAB_KEY: _vocab_digest(list(vocab))}
+
+    def write_weights(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=pair)
+        seal_safetensors(tmp)
+
+    atomic_write(js_path, lambda tmp: Path(tmp).write_text(json.dumps(meta), encoding="utf-8"))
+    atomic_write(st_path, write_weights)
     return st_path
+
+
+def _vocab_digest(vocab: list[str]) -> str:
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+
+
+def _check_pair(st_path: Path, js_path: Path, vocab: list[str]) -> None:
+    try:
+        verify_safetensors(st_path)
+        with safe_open(str(st_path), "pt") as f:
+            expected = (f.metadata() or {}).get(VOCAB_KEY)
+    except DamagedFileError as err:
+        raise EncoderMismatchError(str(err)) from None
+    except Exception as err:
+        raise EncoderMismatchError(f"{st_path}: cannot read encoder weights ({err})") from None
+    if expected is not None and expected != _vocab_digest(vocab):
+        raise EncoderMismatchError(
+            f"{js_path}: does not belong to {st_path.name} (another save's vocab); "
+            "save the encoder again"
+        )
+
+
+def _read_vocab(js_path: Path) -> list[str]:
+    """The vocab of an encoder ``.json``, after checking it is what ``save_encoder`` writes:
+    anything else is one ``EncoderMismatchError`` naming the file, not a traceback later."""
+
+    def bad(why: str) -> EncoderMismatchError:
+        return EncoderMismatchError(f"{js_path}: not an encoder vocab file ({why})")
+
+    try:
+        meta = json.loads(js_path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise bad(err.strerror or str(err)) from None
+    except UnicodeDecodeError as err:
+        raise bad(f"not UTF-8 at byte {err.start}") from None
+    except ValueError as err:
+        raise bad(f"not JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise bad(f"a JSON {type(meta).__name__}, not an object")
+    if "format" in meta and meta["format"] != FORMAT:
+        raise bad(f"format {meta['format']!r}, expected {FORMAT!r}")
+    vocab = meta.get("vocab")
+    if not isinstance(vocab, list) or not vocab or not all(isinstance(t, str) for t in vocab):
+        raise bad('"vocab" must be a non-empty list of strings')
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise bad('"config" must be an object of AWD-LSTM settings')
+    try:
+        AWDLSTMConfig.from_dict(config)
+    except (TypeError, ValueError) as err:
+        raise bad(f'"config": {err}') from None
+    return vocab
 
 
 def load_encoder(model: nn.Module, path: str | Path, vocab: list[str]) -> nn.Module:
@@ -78,14 +142,12 @@ def load_encoder(model: nn.Module, path: str | Path, vocab: list[str]) -> nn.Mod
         for p in (st_path, js_path):
             if not p.exists():
                 raise FileNotFoundError(f"{p}: encoder file not found")
+        saved_vocab = _read_vocab(js_path)
+        _check_pair(st_path, js_path, saved_vocab)
         try:
             state = load_file(str(st_path))
         except Exception as err:
             raise EncoderMismatchError(f"{st_path}: cannot read encoder weights ({err})") from None
-        try:
-            saved_vocab = json.loads(js_path.read_text())["vocab"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise EncoderMismatchError(f"{js_path}: not an encoder vocab file ({err})") from None
     if saved_vocab is not None and len(saved_vocab) != len(vocab):
         raise EncoderMismatchError(
             f"{path}: encoder vocab has {len(saved_vocab)} tokens, the given vocab has {len(vocab)}"
