@@ -139,15 +139,16 @@ def check_replaceable(
     path: str | os.PathLike,
     *,
     force: bool,
-    owned: Callable[[Path], bool],
+    foreign: Callable[[Path], str | None],
     what: str,
     sources: Iterable[str | os.PathLike] = (),
 ) -> None:
     """May a folder be written at ``path``? Raise ``WriteError`` with the reason if not.
 
     Allowed: a path that does not exist, an empty folder, or, with ``force``, a folder that
-    ``owned(path)`` recognises as one fastulm wrote (a corpus, a run directory). Never a
-    file, a link, or a folder that is or holds one of ``sources``."""
+    fastulm wrote (a corpus, a run directory): ``foreign(path)`` names what in it fastulm
+    did not write, or is None. Never a file, a link, or a folder that is or holds one of
+    ``sources``."""
     path = Path(path)
     here = Path(os.path.realpath(path))
     for src in sources:
@@ -162,13 +163,13 @@ def check_replaceable(
         raise WriteError(f"{path}: is a link; give the folder it points to, or another path")
     if not path.is_dir():
         raise WriteError(f"{path}: exists and is not a folder; will not replace it")
-    entries = list(path.iterdir())
-    if not entries:
+    if not any(path.iterdir()):
         return
-    if not owned(path):
+    other = foreign(path)
+    if other is not None:
         raise WriteError(
-            f"{path}: is not empty and is not a {what} fastulm wrote "
-            f"(it holds {entries[0].name!r}); will not replace it, even with --force"
+            f"{path}: is not a {what} fastulm wrote ({other}); "
+            "will not replace it, even with --force"
         )
     if not force:
         raise WriteError(f"{path}: a {what} is already there (use --force to replace it)")

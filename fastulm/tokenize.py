@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Tokenize reviews (fastai-identical) into a memory-mapped Arrow corpus.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 2)[1],
+        allow_abbrev=False,  # a misspelt flag is an error, never silently another flag
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="SRC OUT, or PART... OUT with --merge")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -43,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="reuse this vocab.json (or a corpus folder's) instead of building one",
     )
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT if it is a corpus (or part) fastulm wrote; never any other folder",
+    )
     p.add_argument("--num-shards", type=int, default=None, metavar="K")
     p.add_argument("--shard-index", type=int, default=None, metavar="I")
     p.add_argument("--merge", action="store_true", help="combine shard parts: PART... OUT")

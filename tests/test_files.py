@@ -99,12 +99,12 @@ def test_a_folder_or_a_place_under_a_file_is_one_error(tmp_path):
         write_text(tmp_path / "f" / "out.csv", "x")
 
 
-def _is_mine(path):
-    return (path / "mine").exists()
+def _not_mine(path):
+    return None if (path / "mine").exists() else "no mine"
 
 
 def test_check_replaceable(tmp_path):
-    check = dict(owned=_is_mine, what="thing")
+    check = dict(foreign=_not_mine, what="thing")
     check_replaceable(tmp_path / "new", force=False, **check)  # absent: fine
     (tmp_path / "empty").mkdir()
     check_replaceable(tmp_path / "empty", force=False, **check)
@@ -117,13 +117,15 @@ def test_check_replaceable(tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("keep me")
-    with pytest.raises(WriteError, match="even with --force"):
+    with pytest.raises(
+        WriteError, match=r"not a thing fastulm wrote \(no mine\).*even with --force"
+    ):
         check_replaceable(notes, force=True, **check)
     with pytest.raises(WriteError, match="would replace the source"):
-        check_replaceable(notes, force=True, owned=lambda p: True, what="x", sources=[notes])
+        check_replaceable(notes, force=True, foreign=lambda p: None, what="x", sources=[notes])
     with pytest.raises(WriteError, match="would replace the source"):
         check_replaceable(
-            notes, force=True, owned=lambda p: True, what="x", sources=[notes / "todo.txt"]
+            notes, force=True, foreign=lambda p: None, what="x", sources=[notes / "todo.txt"]
         )
     with pytest.raises(WriteError, match="not a folder"):
-        check_replaceable(notes / "todo.txt", force=True, owned=lambda p: True, what="x")
+        check_replaceable(notes / "todo.txt", force=True, foreign=lambda p: None, what="x")

@@ -1,6 +1,7 @@
 """``python -m fastulm.tokenize`` end to end, and its answers to bad input."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,15 +103,105 @@ def test_bad_numbers_are_usage_errors(capsys, tmp_path, tiny_imdb, flags, says):
     assert not (tmp_path / "out").exists()
 
 
-def test_out_with_other_content_needs_force(capsys, tmp_path, tiny_imdb):
+def test_force_never_replaces_a_user_folder(capsys, tmp_path, tiny_imdb):
     root, _ = tiny_imdb
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    assert "out: exists and is not empty (use --force" in _error(capsys, root, out)
-    assert (out / "notes.txt").exists()
+    for force in ([], ["--force"]):
+        err = _error(capsys, root, out, *force, "--workers", "1", "--quiet")
+        assert err.endswith(
+            "out: is not a corpus fastulm wrote (no meta.json);"
+            " will not replace it, even with --force"
+        )
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_force_replaces_an_earlier_corpus(capsys, tmp_path, tiny_imdb):
+    root, _ = tiny_imdb
+    out = tmp_path / "out"
+    out.mkdir()  # an empty folder is fine
+    assert main([str(root), str(out), "--workers", "1", "--quiet", "--min-freq", "1"]) == 0
+    assert "out: a corpus is already there (use --force" in _error(capsys, root, out, "--quiet")
+    assert open_corpus(out).meta["options"]["min_freq"] == 1
     assert main([str(root), str(out), "--force", "--workers", "1", "--quiet"]) == 0
+    assert open_corpus(out).meta["options"]["min_freq"] == 2
     assert open_corpus(out)["train"].labels.tolist() == [0, 0, 1, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aclImdb", "out"]
+
+
+def test_out_never_is_or_holds_the_source(capsys, tmp_path, imdb_sample):
+    folder = tmp_path / "mydir"
+    folder.mkdir()
+    src = folder / "a.csv"
+    src.write_bytes((imdb_sample / "texts.csv").read_bytes())
+    for out in (folder, src):
+        err = _error(capsys, src, out, "--force", "--quiet")
+        assert err.endswith(f"{out}: would replace the source {src}; choose another output")
+    assert src.read_bytes() == (imdb_sample / "texts.csv").read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["mydir"]
+    assert [p.name for p in folder.iterdir()] == ["a.csv"]
+
+
+def test_merge_never_replaces_a_part(capsys, tmp_path, tiny_imdb):
+    root, _ = tiny_imdb
+    for i in range(2):
+        args = [str(root), str(tmp_path / f"p{i}"), "--num-shards", "2", "--shard-index", str(i)]
+        assert main([*args, "--workers", "1", "--quiet"]) == 0
+    part = (tmp_path / "p1" / "docs.arrow").read_bytes()
+    err = _error(capsys, "--merge", tmp_path / "p0", tmp_path / "p1", tmp_path / "p1", "--force")
+    assert "p1: would replace the source" in err
+    assert (tmp_path / "p1" / "docs.arrow").read_bytes() == part
+
+
+def test_stale_temporaries_are_swept_live_ones_kept(tmp_path, tiny_imdb):
+    root, _ = tiny_imdb
+    stale = tmp_path / ".out.tmp-xyz"  # as a kill -9 leaves it
+    stale.mkdir()
+    (stale / "train.arrow").write_bytes(b"half")
+    live = tmp_path / ".out.tmp-live"
+    live.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY);"
+            " fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+            str(live),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main([str(root), str(tmp_path / "out"), "--workers", "1", "--quiet"]) == 0
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.tmp-live", "aclImdb", "out"]
+
+
+@pytest.mark.parametrize("flag", [["--forc"], ["--work", "2"], ["--max-voc", "10"]])
+def test_abbreviated_flags_are_usage_errors(capsys, tmp_path, tiny_imdb, flag):
+    root, _ = tiny_imdb
+    with pytest.raises(SystemExit) as stop:
+        main([str(root), str(tmp_path / "out"), *flag])
+    assert stop.value.code == 2
+    assert f"unrecognized arguments: {' '.join(flag)}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_gives_each_default_once(capsys):
+    """A guard: the help texts state their defaults, so the formatter must not add them."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    options = capsys.readouterr().out.split("\noptions:\n", 1)[1].split("\n\n")[0]
+    entries = re.split(r"\n  (?=-)", options)  # one per option, its help wrapped over lines
+    assert len(entries) > 10
+    assert all(e.count("default") <= 1 for e in entries), entries
+    assert sum("(default 60000)" in e for e in entries) == 1
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):
@@ -178,3 +269,17 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(imdb_sample, tmp_pat
     else:  # a hard kill can leave the hidden temporary, never a corpus
         assert all(p.startswith(".out.tmp-") for p in left)
         assert all(not (tmp_path / p / "meta.json").exists() for p in left)
+        # the next run writing there removes it
+        small = imdb_sample / "texts.csv"
+        assert main([str(small), str(out), "--workers", "1", "--quiet"]) == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv", "out"]
+
+
+def test_refusal_names_the_users_file_in_a_corpus(capsys, tmp_path, tiny_imdb):
+    root, _ = tiny_imdb
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "--workers", "1", "--quiet"]) == 0
+    (out / "mine.txt").write_text("my notes")
+    err = _error(capsys, root, out, "--force", "--workers", "1", "--quiet")
+    assert "(it holds 'mine.txt')" in err
+    assert (out / "mine.txt").read_text() == "my notes"

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from fastulm.data import DataError
 from fastulm.data.corpus import (
+    PART_FORMAT,
     OutputDir,
     numpy_array,
     numpy_view,
@@ -45,7 +46,6 @@ from fastulm.data.corpus import (
 from fastulm.data.sources import RawRecord, Source, decode_text, open_source
 from fastulm.data.vocab import Vocab, make_itos
 
-PART_FORMAT = "fastulm-part-1"
 PART_SCHEMA = pa.schema(
     [
         ("ids", pa.large_list(pa.int32())),
@@ -364,15 +364,14 @@ def finish(
 
 
 def _batches(
-    records: Iterable[RawRecord], meta: dict[int, list], from_file: bool, is_path: bool, seen: dict
+    records: Iterable[RawRecord], meta: dict[int, list], from_file: bool, is_path: bool
 ) -> Iterator[tuple[int, list, bool, bool]]:
-    """Batches of about 512 KB; ``seen`` counts documents read and says when all are."""
+    """Batches of about 512 KB (or 512 documents)."""
     items: list = []
     recs: list = []
     size = 0
     index = 0
     for data, label, split, doc_id in records:
-        seen["read"] += 1
         items.append(data)
         recs.append((label, split, doc_id))
         size += 1024 if is_path else len(data)
@@ -380,7 +379,6 @@ def _batches(
             meta[index] = recs
             yield index, items, from_file, is_path
             index, items, recs, size = index + 1, [], [], 0
-    seen["all"] = True
     if items:
         meta[index] = recs
         yield index, items, from_file, is_path
@@ -423,6 +421,47 @@ def _shared(tasks: Iterator[tuple], pool, n_children: int) -> Iterator[tuple]:
         yield pending.popleft().get()
 
 
+class _Progress:
+    """Progress in documents when their number is known up front (folders, tables); for an
+    archive, whose count is known only at its end, in the share of the input read so far:
+    a fixed total that only moves forward, where an estimated document count rose and fell
+    as reviews and members of other sizes went by."""
+
+    def __init__(self, total: int | None, read_fraction, progress: bool):
+        from tqdm import tqdm
+
+        self.read_fraction = read_fraction if total is None else None
+        self.docs = 0
+        self.percent = 0.0
+        common = dict(disable=not progress, smoothing=0.1, file=sys.stderr, desc="tokenizing")
+        if self.read_fraction is None:
+            self.bar = tqdm(total=total, unit="doc", **common)
+        else:
+            fmt = "{desc}: {percentage:3.0f}%|{bar}| of the input [{elapsed}<{remaining}{postfix}]"
+            self.bar = tqdm(total=100, unit="%", bar_format=fmt, **common)
+
+    def advance(self, docs: int) -> None:
+        self.docs += docs
+        if self.read_fraction is None:
+            self.bar.update(docs)
+        else:
+            self.bar.set_postfix_str(f"{self.docs} docs", refresh=False)
+            self._to(100.0 * self.read_fraction())
+
+    def done(self) -> None:
+        if self.read_fraction is not None:
+            self._to(100.0)
+
+    def _to(self, percent: float) -> None:
+        percent = min(percent, 100.0)
+        if percent > self.percent:
+            self.bar.update(percent - self.percent)
+            self.percent = percent
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def collect(
     source: Source,
     workers: int | None = None,
@@ -433,8 +472,6 @@ def collect(
     check: Callable[[], None] | None = None,
 ) -> Collector:
     """Tokenize every document of ``source`` (or of one shard) in ``workers`` processes."""
-    from tqdm import tqdm
-
     factory = tokenizer_factory or default_tokenizer
     workers = default_workers() if workers is None else max(1, workers)
     collector = Collector(
@@ -445,9 +482,8 @@ def collect(
     )
     meta: dict[int, list] = {}
     from_file = source.sort_by == "id"
-    seen = {"read": 0, "all": False}  # an archive's size is known once it has been read
     records = source.raw_records(num_shards, shard_index)
-    tasks = _batches(records, meta, from_file, source.file_paths, seen)
+    tasks = _batches(records, meta, from_file, source.file_paths)
     total = None if source.n_docs is None else len(range(shard_index, source.n_docs, num_shards))
     pool = None
     _worker_init(factory)
@@ -460,26 +496,15 @@ def collect(
         results = _shared(tasks, pool, workers - 1)
     else:
         results = map(_worker_run, tasks)
-    bar = tqdm(
-        total=total,
-        unit="doc",
-        disable=not progress,
-        smoothing=0.1,
-        file=sys.stderr,
-        desc="tokenizing",
-    )
+    bar = _Progress(total, source.read_fraction, progress)
     try:
         for index, pid, start, new, ids, lengths, bad in results:
             collector.add_tokens(pid, start, new)
             collector.add_docs(pid, ids, lengths, meta.pop(index), bad)
-            bar.update(len(lengths))
+            bar.advance(len(lengths))
             if check is not None:
                 check()
-            if total is None:  # estimate from how much of the input has been read
-                fraction = source.read_fraction() if source.read_fraction else 0.0
-                if seen["all"] or fraction > 0:
-                    bar.total = seen["read"] if seen["all"] else round(seen["read"] / fraction)
-                    bar.refresh()
+        bar.done()
         if pool is not None:
             pool.close()
             pool.join()
@@ -509,10 +534,11 @@ def tokenize_source(
     options = options or VocabOptions()
     if options.vocab_path:
         Vocab.load(options.vocab_path)  # fail before the work, not after
-    source = open_source(src, cache_dir=cache_dir, sha256=sha256)
     t0 = time.perf_counter()
-    # Claim OUT first: the run writes under a temporary name for its whole length.
-    with OutputDir(out, force) as target:
+    # Claim OUT first (refused before any work if it may not be replaced): the run writes
+    # under a temporary name for its whole length.
+    with OutputDir(out, force, sources=[src]) as target:
+        source = open_source(src, cache_dir=cache_dir, sha256=sha256)
         collector = collect(
             source, workers, progress=progress, tokenizer_factory=tokenizer_factory, check=check
         )
@@ -545,8 +571,8 @@ def tokenize_shard(
     """Tokenize every ``num_shards``-th document (from ``shard_index``) into a part folder."""
     if not 0 <= shard_index < num_shards:
         raise DataError(f"--shard-index must be in 0..{num_shards - 1}, got {shard_index}")
-    source = open_source(src, cache_dir=cache_dir, sha256=sha256)
-    with OutputDir(out, force) as target:
+    with OutputDir(out, force, sources=[src], what="part") as target:
+        source = open_source(src, cache_dir=cache_dir, sha256=sha256)
         collector = collect(
             source, workers, num_shards, shard_index, progress, tokenizer_factory, check
         )
@@ -627,7 +653,7 @@ def merge_parts(
     options = options or VocabOptions()
     if not parts:
         raise DataError("--merge needs at least one part")
-    with OutputDir(out, force) as target:
+    with OutputDir(out, force, sources=parts) as target:
         return finish(_collect_parts(parts), target, options, check=check)
 
 

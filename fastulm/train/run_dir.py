@@ -58,13 +58,16 @@ def _is_leftover(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def is_run_dir(path: str | Path) -> bool:
-    """True for a folder holding a run's files and nothing else."""
-    path = Path(path)
-    names = [p.name for p in path.iterdir()]
-    return any(m in names for m in MARKERS) and all(
-        n in RUN_FILES or _is_leftover(n) for n in names
-    )
+def not_a_run(path: str | Path) -> str | None:
+    """What makes ``path`` something other than a run folder (None: it is one, holding a
+    run's files and nothing else)."""
+    names = sorted(p.name for p in Path(path).iterdir())
+    other = [n for n in names if n not in RUN_FILES and not _is_leftover(n)]
+    if other:
+        return f"it holds {other[0]!r}"
+    if not any(m in names for m in MARKERS):
+        return "no config.json or train_args.json"
+    return None
 
 
 def prepare_run_dir(
@@ -78,7 +81,7 @@ def prepare_run_dir(
     Returns the folders it made, for ``remove_if_empty`` when the run fails early."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not resume:
-        check_replaceable(run_dir, force=force, owned=is_run_dir, what="run directory")
+        check_replaceable(run_dir, force=force, foreign=not_a_run, what="run directory")
         if force and run_dir.is_dir():
             for entry in run_dir.iterdir():
                 if entry.is_dir() and not entry.is_symlink():
@@ -87,7 +90,7 @@ def prepare_run_dir(
                     entry.unlink()
     elif run_dir.exists() and not run_dir.is_dir():
         raise WriteError(f"{run_dir}: exists and is not a folder")
-    elif resume and run_dir.is_dir() and any(run_dir.iterdir()) and not is_run_dir(run_dir):
+    elif resume and run_dir.is_dir() and any(run_dir.iterdir()) and not_a_run(run_dir):
         raise WriteError(f"{run_dir}: is not a fastulm run directory; nothing to resume")
     made = [p for p in (*reversed(run_dir.parents), run_dir) if not p.exists()]
     if not (run_dir / "checkpoints").exists():

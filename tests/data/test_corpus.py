@@ -11,6 +11,7 @@ import pytest
 from fastulm.data import DataError
 from fastulm.data.corpus import OutputDir, open_corpus, split_batch, write_corpus
 from fastulm.data.vocab import Vocab
+from fastulm.files import WriteError
 
 ITOS = [
     "xxunk",
@@ -118,7 +119,43 @@ def test_output_dir_is_atomic(tmp_path):
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []  # neither OUT nor a temporary
     _write(target)
-    with pytest.raises(DataError, match="exists and is not empty"):
+    with pytest.raises(WriteError, match="a corpus is already there"):
         _write(target)
     _write(target, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _overwrite(path, old: np.ndarray, new: np.ndarray) -> None:
+    """Replace the one place ``old``'s bytes occur in ``path`` with ``new``'s: damage inside
+    the data region, which Arrow's own checks on opening do not look at."""
+    data = path.read_bytes()
+    at = data.find(old.tobytes())
+    assert at >= 0 and data.find(old.tobytes(), at + 1) < 0
+    path.write_bytes(data[:at] + new.tobytes() + data[at + len(old.tobytes()) :])
+
+
+@pytest.mark.parametrize("bad", [0x7FFFFFFF, len(ITOS), -3])
+def test_token_id_outside_the_vocab_is_damage(tmp_path, bad):
+    out = _write(tmp_path / "c")
+    ids = np.array([2, 9, 10, 11, 2, 8, 10, 2], np.int32)  # train's documents end to end
+    damaged = ids.copy()
+    damaged[5] = bad  # the 8 of the second document
+    _overwrite(out / "train.arrow", ids, damaged)
+    want = f"train.arrow: damaged: token id {bad} at position 5 (document 1)"
+    with pytest.raises(DataError, match=re.escape(want)):
+        open_corpus(out)
+
+
+def test_label_outside_label_names_is_damage(tmp_path):
+    out = _write(tmp_path / "c")
+    _overwrite(out / "train.arrow", np.array([0, 1, 1], np.int64), np.array([0, 1, 2], np.int64))
+    with pytest.raises(DataError, match=re.escape("train.arrow: damaged: label 2 of document 2")):
+        open_corpus(out)
+
+
+def test_offsets_going_backwards_are_damage(tmp_path):
+    out = _write(tmp_path / "c")
+    offsets = np.array([0, 4, 7, 8], np.int64)
+    _overwrite(out / "train.arrow", offsets, np.array([0, 4, 3, 8], np.int64))
+    with pytest.raises(DataError, match=re.escape("train.arrow: damaged: document 1 has a neg")):
+        open_corpus(out)

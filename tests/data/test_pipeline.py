@@ -3,6 +3,7 @@
 import json
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from imdb_fakes import TEXTS, make_tar
 from fastulm.data import DataError
 from fastulm.data.corpus import open_corpus
 from fastulm.data.pipeline import VocabOptions, merge_parts, tokenize_shard, tokenize_source
+from fastulm.files import WriteError
 from fastulm.text import tokenize_texts
 
 RANK = {"train": 0, "test": 1, "unsup": 2, "valid": 1}
@@ -158,18 +160,55 @@ def test_huge_review_same_as_fastai_with_raised_limit(fastai_text):
     assert list(want) == ["xxbos", *one, "\n", *one]
 
 
-def test_out_must_be_new_or_forced(tiny_imdb, tmp_path):
+def test_force_replaces_only_what_fastulm_wrote(tiny_imdb, tmp_path):
     root, _ = tiny_imdb
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("precious")
-    with pytest.raises(DataError, match="out: exists and is not empty"):
-        _run(root, out)
+    for force in (False, True):
+        with pytest.raises(WriteError, match="out: is not a corpus fastulm wrote"):
+            _run(root, out, force=force)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
     assert (out / "mine.txt").read_text() == "precious"
-    _run(root, out, force=True)
-    assert not (out / "mine.txt").exists()
-    open_corpus(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["aclImdb", "out"]  # no temporaries
+    corpus = _run(root, tmp_path / "c", options=VocabOptions(min_freq=1))
+    with pytest.raises(WriteError, match="c: a corpus is already there"):
+        _run(root, corpus)
+    _run(root, corpus, force=True)  # min_freq 2 now: a smaller vocab
+    assert open_corpus(corpus).meta["options"]["min_freq"] == 2
+    # a shard's part folder is fastulm's too: a part or a corpus may replace it
+    part = tokenize_shard(root, tmp_path / "p", 2, 0, workers=1, progress=False)
+    with pytest.raises(WriteError, match="p: a part is already there"):
+        tokenize_shard(root, part, 2, 1, workers=1, progress=False)
+    tokenize_shard(root, part, 2, 1, workers=1, progress=False, force=True)
+    assert json.loads((part / "part.json").read_text())["shard_index"] == 1
+    _run(root, part, force=True)
+    assert open_corpus(part).split_names == ["train", "test", "unsup"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aclImdb", "c", "out", "p"]
+
+
+def test_out_never_is_or_holds_a_source(tiny_imdb, tmp_path):
+    root, _ = tiny_imdb
+    before = _files_under(root)
+    for out in (root, tmp_path):
+        with pytest.raises(WriteError, match="would replace the source"):
+            _run(root, out, force=True)
+    assert _files_under(root) == before
+    # parts are fastulm's, but never the output of the merge that reads them
+    (tmp_path / "parts").mkdir()
+    parts = [
+        tokenize_shard(root, tmp_path / "parts" / f"p{i}", 2, i, workers=1, progress=False)
+        for i in range(2)
+    ]
+    kept = {p.name: _files(p) for p in parts}
+    for out in (parts[0], tmp_path / "parts"):
+        with pytest.raises(WriteError, match="would replace the source"):
+            merge_parts(parts, out, force=True)
+    assert {p.name: _files(p) for p in parts} == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aclImdb", "parts"]
+
+
+def _files_under(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
 
 
 def test_empty_out_folder_is_fine(tiny_imdb, tmp_path):
@@ -228,3 +267,57 @@ def test_damaged_archive_midway_fails_cleanly(tiny_imdb, tmp_path):
     with pytest.raises(DataError, match=r"cut\.tar\.gz: truncated"):
         _run(cut, tmp_path / "out", workers=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz", "aclImdb", "cut.tar.gz"]
+
+
+class _Bar:
+    """Stands in for tqdm: records the total and the position after every change."""
+
+    shown: ClassVar[list] = []
+
+    def __init__(self, total=None, **kw):
+        self._total, self.n = total, 0
+        self.shown.append((total, 0))
+
+    @property
+    def total(self):
+        return self._total
+
+    @total.setter
+    def total(self, value):
+        self._total = value
+        self.shown.append((value, self.n))
+
+    def update(self, n=1):
+        self.n += n
+        self.shown.append((self._total, self.n))
+
+    def refresh(self, *a, **kw):
+        pass
+
+    set_postfix_str = set_postfix = close = refresh
+
+
+def test_progress_of_an_archive_never_goes_backwards(tiny_imdb, tmp_path, monkeypatch):
+    """An archive's document count is known only at its end; the bar has a total from the
+    start anyway and only moves forward, ending full."""
+    import tqdm
+
+    from fastulm.data import pipeline
+
+    root, _ = tiny_imdb
+    rng = np.random.default_rng(0)
+    unsup = root / "train" / "unsup"
+    for i in range(300):  # reviews of many sizes, and members that are not reviews
+        (unsup / f"{1000 + i}_0.txt").write_text(f"Review {i}. " * (i % 7 * 90))
+        if i % 10 == 0:  # incompressible: the archive is several MB, read in 1 MB steps
+            (unsup / f"{1000 + i}_0.dat").write_bytes(rng.bytes(100_000))
+    tar = make_tar(root, tmp_path / "a.tar.gz")
+    monkeypatch.setattr(tqdm, "tqdm", _Bar)
+    monkeypatch.setattr(pipeline, "_BATCH_BYTES", 1 << 16)  # many batches, many updates
+    _Bar.shown = []
+    tokenize_source(tar, tmp_path / "out", workers=1, progress=True)
+    totals = {t for t, _ in _Bar.shown}
+    assert len(totals) == 1 and None not in totals, sorted(totals, key=str)[:5]
+    (total,) = totals
+    done = [n / total for _, n in _Bar.shown]
+    assert len(done) > 3 and done == sorted(done) and done[-1] == pytest.approx(1.0)
