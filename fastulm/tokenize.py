@@ -18,6 +18,7 @@ import signal
 import sys
 
 from fastulm.data import DataError
+from fastulm.stop import StopRequest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,29 +109,6 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> No
         tokenize_shard(src, out, args.num_shards, args.shard_index, **common)
         return
     tokenize_source(src, out, options, **common)
-
-
-class StopRequest:
-    """Ctrl-C / SIGTERM, recorded by the signal handler and acted on at the pipeline's safe
-    points (between batches, before each file). Raising from the handler itself can land
-    inside a numba call's argument handling, which was seen to crash the process; a second
-    Ctrl-C still stops at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
