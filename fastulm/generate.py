@@ -14,13 +14,14 @@ import argparse
 import math
 import sys
 
+from fastulm.cli import parser
+
 
 def _parser() -> argparse.ArgumentParser:
     # No abbreviations: a typo such as --temp must not silently mean --temperature.
-    p = argparse.ArgumentParser(
-        prog="python -m fastulm.generate",
-        description="Continue a prompt with a language model trained by python -m fastulm.train lm.",
-        allow_abbrev=False,
+    p = parser(
+        "python -m fastulm.generate",
+        "Continue a prompt with a language model trained by python -m fastulm.train lm.",
     )
     p.add_argument("run_dir", help="language-model run directory")
     p.add_argument("prompt", help="text to continue")

@@ -26,13 +26,14 @@ import io
 import sys
 from pathlib import Path
 
+from fastulm.cli import parser
+
 
 def _parser() -> argparse.ArgumentParser:
     # No abbreviations: a typo such as --dev must not silently mean --device.
-    p = argparse.ArgumentParser(
-        prog="python -m fastulm.predict",
-        description="Classify texts with a classifier trained by python -m fastulm.train clas.",
-        allow_abbrev=False,
+    p = parser(
+        "python -m fastulm.predict",
+        "Classify texts with a classifier trained by python -m fastulm.train clas.",
     )
     p.add_argument("run_dir", help="classifier run directory")
     p.add_argument("text", nargs="?", help="a text to classify")

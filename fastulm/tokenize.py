@@ -17,17 +17,16 @@ import os
 import signal
 import sys
 
+from fastulm.cli import parser
 from fastulm.data import DataError
 from fastulm.stop import StopRequest
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fastulm.tokenize",
-        description="Tokenize reviews (fastai-identical) into a memory-mapped Arrow corpus.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = parser(
+        "python -m fastulm.tokenize",
+        "Tokenize reviews (fastai-identical) into a memory-mapped Arrow corpus.",
         epilog=__doc__.split("\n\n", 2)[1],
-        allow_abbrev=False,  # a misspelt flag is an error, never silently another flag
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="SRC OUT, or PART... OUT with --merge")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
