@@ -78,7 +78,8 @@ class WeightDropLSTM(nn.Module):
         if x.is_cuda:
             weights = _cudnn_flat(weights)
         # train=True asks cuDNN for its training forward (it keeps a reserve for backward);
-        # without autograd (eval, checkpointing's first pass) that is wasted work
+        # without autograd (eval, checkpointing's first pass) that is wasted work. On a CPU
+        # torch ignores the flag: oneDNN's training forward runs exactly when grad is enabled
         train = self.training and torch.is_grad_enabled()
         out, h, c = torch.lstm(x, state, weights, True, 1, 0.0, train, False, True)
         return out, (h, c)

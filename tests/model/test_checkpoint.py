@@ -1,10 +1,11 @@
 """Gradient checkpointing replays every dropout mask: gradients identical with it on and off.
 
 Identical up to rounding: the checkpointed first pass runs the LSTM's inference kernels and
-the recompute its training kernels (oneDNN's, in fp32 on a CPU), which may differ in the last
-bit (see recompute.py), and BatchNorm over four rows amplifies that. So fp64 (one kernel for
-both passes) is checked to 1e-12, and fp32 to 1e-4, far below what one mask that fails to
-replay does (a change of order one).
+the recompute its training kernels (oneDNN's, in fp32 on a CPU: torch picks between them by
+grad mode alone, whatever ``train`` says), which may differ in the last bit (see
+recompute.py), and BatchNorm over four rows amplifies that. So fp64 (one kernel for both
+passes) is checked to 1e-12, fp32 to 1e-4, far below what one mask that fails to replay does
+(a change of order one), and fp32 with oneDNN off (torch's own kernel in both passes) bitwise.
 """
 
 import pytest
@@ -14,6 +15,18 @@ from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
 
 V = 50
 SMALL = dict(emb_sz=16, n_hid=24)
+
+
+def _cpu_bf16_lstm_ok() -> bool:
+    """oneDNN runs the LSTM in bf16 only on CPUs with bf16 support (as in test_precision.py)."""
+    try:
+        x, h = torch.randn(1, 2, 4), torch.zeros(1, 1, 3)
+        w = [torch.randn(12, 4), torch.randn(12, 3), torch.randn(12), torch.randn(12)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = torch.lstm(x, (h, h), w, True, 1, 0.0, True, False, True)[0]
+        return out.dtype == torch.bfloat16
+    except RuntimeError:
+        return False
 
 
 def _grads(model):
@@ -55,8 +68,8 @@ def test_classifier_chunk_checkpointing_gives_identical_gradients(dtype):
     assert results[0][1]["0.module.rnns.0.weight_hh_l0_raw"].abs().sum() > 0
 
 
-@DTYPES
-def test_lm_layer_checkpointing_gives_identical_gradients_with_carried_state(dtype):
+def _lm_losses_and_grads(dtype):
+    """Two windows with the hidden state carried between them, without and with checkpointing."""
     torch.manual_seed(0)
     plain = get_language_model(V, **SMALL).to(dtype)
     ckpt = get_language_model(V, checkpoint=True, **SMALL).to(dtype)
@@ -75,8 +88,27 @@ def test_lm_layer_checkpointing_gives_identical_gradients_with_carried_state(dty
             loss.backward()
             losses.append(loss.detach())
         results.append((losses, _grads(model)))
+    return results
+
+
+@DTYPES
+def test_lm_layer_checkpointing_gives_identical_gradients_with_carried_state(dtype):
+    results = _lm_losses_and_grads(dtype)
     torch.testing.assert_close(results[0][0], results[1][0], **TOL[dtype])
     _assert_same(results[0][1], results[1][1], dtype)
+
+
+def test_one_lstm_kernel_for_both_passes_gives_bitwise_identical_fp32_gradients(monkeypatch):
+    """Where both passes run the same LSTM kernel the replay is exact, in fp32 too: with
+    oneDNN off, torch's own kernel (the same with and without autograd) gives the LM's
+    gradients bit for bit. (Not so the classifier's: its chunks' ``bias_hh`` gradients add up
+    in another order when each chunk's come back from its own recompute.)"""
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    (losses_a, grads_a), (losses_b, grads_b) = _lm_losses_and_grads(torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(losses_a, losses_b))
+    assert grads_a.keys() == grads_b.keys()
+    for k in grads_a:
+        assert torch.equal(grads_a[k], grads_b[k]), k
 
 
 def _clf_pair(dtype=torch.float32):
@@ -117,6 +149,7 @@ def test_autograd_grad_and_frozen_layers_see_the_same_gradients():
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
+@pytest.mark.skipif(not _cpu_bf16_lstm_ok(), reason="no bf16 LSTM on this CPU")
 def test_bf16_autocast_replays_in_the_recompute():
     """The recompute runs under the first pass's autocast state, also when backward is
     called outside the autocast block."""
