@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> None:
-    from fastulm.data.pipeline import VocabOptions, merge_parts, tokenize_shard, tokenize_source
+    from fastulm.data.parts import merge_parts, tokenize_shard
+    from fastulm.data.pipeline import VocabOptions, tokenize_source
 
     if args.show is not None:
         from fastulm.data.corpus import open_corpus

@@ -34,7 +34,7 @@ except ImportError:  # no flock (Windows): temporaries of killed runs are not sw
     fcntl = None
 
 FORMAT = "fastulm-corpus-1"
-PART_FORMAT = "fastulm-part-1"  # a shard's part folder (see pipeline.py)
+PART_FORMAT = "fastulm-part-1"  # a shard's part folder (see parts.py)
 SCHEMA = pa.schema([("ids", pa.large_list(pa.int32())), ("label", pa.int64()), ("id", pa.string())])
 
 

@@ -11,7 +11,8 @@ from imdb_fakes import TEXTS, make_tar
 
 from fastulm.data import DataError
 from fastulm.data.corpus import open_corpus
-from fastulm.data.pipeline import VocabOptions, merge_parts, tokenize_shard, tokenize_source
+from fastulm.data.parts import merge_parts, tokenize_shard
+from fastulm.data.pipeline import VocabOptions, tokenize_source
 from fastulm.files import WriteError
 from fastulm.text import tokenize_texts
 
