@@ -276,3 +276,32 @@ def test_one_fastulm_command_runs_every_cli(corpus, tmp_path, capsys):
     assert (tmp_path / "r" / "model.safetensors").is_file()
     res = subprocess.run([sys.executable, "-m", "fastulm"], capture_output=True, text=True)
     assert res.returncode == 0 and "generate" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda c, v: c.pop("model"), "config.json: damaged (kind or model missing)"),
+        (lambda c, v: c.update(kind="x"), "config.json: damaged (kind or model missing)"),
+        (lambda c, v: c.update(model={"emb_sz": "big"}), "config.json: damaged model config"),
+        (lambda c, v: v.append("extra"), "model.safetensors: cannot load these weights"),
+        (lambda c, v: v.clear(), "vocab.json: damaged"),
+    ],
+)
+def test_damaged_run_files_are_one_error_line(corpus, tmp_path, capsys, change, says):
+    """What predict and generate read back: a hand-edited or damaged config.json or vocab.json
+    used to give a KeyError/TypeError traceback, or torch's many-line state-dict dump."""
+    import json
+
+    from fastulm import generate
+
+    run = tmp_path / "run"
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "0"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    vocab = json.loads((run / "vocab.json").read_text())
+    change(config, vocab)
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "vocab.json").write_text(json.dumps(vocab))
+    capsys.readouterr()
+    assert generate.main([str(run), "hello"]) == 1
+    assert says in _err_line(capsys)

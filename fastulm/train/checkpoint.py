@@ -53,7 +53,7 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({error_summary(err)})") from None
     try:
         verify_state(state, path)
     except DamagedFileError as err:
@@ -63,9 +63,13 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     return state
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def error_summary(err: BaseException) -> str:
+    """One line of an exception's message: torch's state-dict errors start with a header
+    line ("Error(s) in loading state_dict for ...") and list the real problems below it."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
+        lines = lines[1:]
+    return lines[0] if lines else type(err).__name__
 
 
 def rng_state() -> dict[str, Any]:
@@ -113,7 +117,7 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
         except Exception as err:  # safetensors reports a full disk as its own error type
             if isinstance(err, OSError):
                 raise
-            raise OSError(_first_line(err)) from None
+            raise OSError(error_summary(err)) from None
         seal_safetensors(tmp)
 
     atomic_write(path, write)
@@ -130,7 +134,9 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
     try:
         missing, unexpected = load_model(_unwrap(model), path, strict=False)
     except Exception as err:
-        raise CheckpointError(f"{path}: cannot load these weights into the model ({err})") from None
+        raise CheckpointError(
+            f"{path}: cannot load these weights into the model ({error_summary(err)})"
+        ) from None
     if strict and (missing or unexpected):
         raise CheckpointError(
             f"{path}: weights do not match the model (missing {sorted(missing)[:3]}, "

@@ -527,7 +527,10 @@ class Learner:
                 p.requires_grad_(trainable)
             self.opt.load_state_dict(state["opt"])
         except (RuntimeError, ValueError) as err:
-            raise ckpt.CheckpointError(f"checkpoint does not fit this model: {err}") from None
+            raise ckpt.CheckpointError(
+                f"the checkpoint does not fit this model ({ckpt.error_summary(err)}); resume with the run's own "
+                "options, or start again without --resume"
+            ) from None
         if self.precision.scaler and state["scaler"]:
             self.precision.scaler.load_state_dict(state["scaler"])
         if state["step"]:

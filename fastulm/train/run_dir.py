@@ -169,13 +169,23 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
         vocab = json.loads((run_dir / "vocab.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{run_dir}: unreadable run files ({err})") from None
-    if config.get("format") != FORMAT:
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_path}: not a fastulm run config")
-    model_cfg = AWDLSTMConfig.from_dict(config["model"])
-    if config["kind"] == "clas":
-        model = get_classifier(len(vocab), config["n_classes"], model_cfg)
+    kind, n_classes = config.get("kind"), config.get("n_classes")
+    if kind not in ("lm", "clas") or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{cfg_path}: damaged (kind or model missing)")
+    if kind == "clas" and not (isinstance(n_classes, int) and n_classes >= 2):
+        raise CheckpointError(f"{cfg_path}: damaged (n_classes {n_classes!r})")
+    if not (isinstance(vocab, list) and vocab and all(isinstance(t, str) for t in vocab)):
+        raise CheckpointError(f"{run_dir / 'vocab.json'}: damaged (not a list of tokens)")
+    try:
+        model_cfg = AWDLSTMConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{cfg_path}: damaged model config ({err})") from None
+    if kind == "clas":
+        model = get_classifier(len(vocab), n_classes, model_cfg)
     else:
         model = get_language_model(len(vocab), model_cfg)
     load_weights(model, run_dir / "model.safetensors")
     model.to(device).eval()
-    return Run(config["kind"], model, vocab, config.get("label_names", []), config)
+    return Run(kind, model, vocab, config.get("label_names") or [], config)
