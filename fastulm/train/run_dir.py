@@ -2,7 +2,8 @@
 
 ```
 RUN_DIR/
-  config.json            kind (lm | clas), model config, label names, training settings
+  config.json            kind (lm | clas), model config, label names, task (single_label |
+                         multi_label, label_delim, threshold), training settings
   vocab.json             the corpus vocab (JSON list; index = token id)
   model.safetensors      final weights of the whole model (LM or classifier)
   encoder.safetensors    LM runs: the fine-tuned encoder for the classifier stage,
@@ -131,6 +132,11 @@ def write_run(
         "model": model.config.to_dict(),
         "n_classes": None,
         "label_names": list(label_names or []),
+        # how predictions are read off the head: one softmax (single_label) or one sigmoid
+        # per class over a threshold (multi_label, labels joined by label_delim)
+        "task": settings.get("task", "single_label"),
+        "label_delim": settings.get("label_delim"),
+        "threshold": settings.get("threshold", 0.5),
         "settings": settings,
     }
     if config["kind"] == "clas":
