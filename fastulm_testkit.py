@@ -84,3 +84,17 @@ def write_small_corpus(root: Path) -> Path:
     out = root / "corpus"
     assert tokenize_main([str(root / "t.csv"), str(out), "--workers", "1", "--quiet"]) == 0
     return out
+
+
+def cpu_bf16_lstm_ok() -> bool:
+    """oneDNN runs the LSTM in bf16 only on CPUs with bf16 support (not on AVX2-only ones)."""
+    import torch
+
+    try:
+        x, h = torch.randn(1, 2, 4), torch.zeros(1, 1, 3)
+        w = [torch.randn(12, 4), torch.randn(12, 3), torch.randn(12), torch.randn(12)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = torch.lstm(x, (h, h), w, True, 1, 0.0, True, False, True)[0]
+        return out.dtype == torch.bfloat16
+    except RuntimeError:
+        return False

@@ -12,21 +12,10 @@ import pytest
 import torch
 
 from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
+from fastulm_testkit import cpu_bf16_lstm_ok
 
 V = 50
 SMALL = dict(emb_sz=16, n_hid=24)
-
-
-def _cpu_bf16_lstm_ok() -> bool:
-    """oneDNN runs the LSTM in bf16 only on CPUs with bf16 support (as in test_precision.py)."""
-    try:
-        x, h = torch.randn(1, 2, 4), torch.zeros(1, 1, 3)
-        w = [torch.randn(12, 4), torch.randn(12, 3), torch.randn(12), torch.randn(12)]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = torch.lstm(x, (h, h), w, True, 1, 0.0, True, False, True)[0]
-        return out.dtype == torch.bfloat16
-    except RuntimeError:
-        return False
 
 
 def _grads(model):
@@ -149,7 +138,7 @@ def test_autograd_grad_and_frozen_layers_see_the_same_gradients():
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
-@pytest.mark.skipif(not _cpu_bf16_lstm_ok(), reason="no bf16 LSTM on this CPU")
+@pytest.mark.skipif(not cpu_bf16_lstm_ok(), reason="no bf16 LSTM on this CPU")
 def test_bf16_autocast_replays_in_the_recompute():
     """The recompute runs under the first pass's autocast state, also when backward is
     called outside the autocast block."""

@@ -4,25 +4,13 @@ import pytest
 import torch
 
 from fastulm.model import get_classifier, get_language_model
+from fastulm_testkit import cpu_bf16_lstm_ok
 
 V = 50
 SMALL = dict(emb_sz=16, n_hid=24)
 
 
-def _cpu_bf16_lstm_ok() -> bool:
-    """oneDNN runs the LSTM in bf16 only on CPUs with bf16 support."""
-    try:
-        x = torch.randn(1, 2, 4)
-        h = torch.zeros(1, 1, 3)
-        w = [torch.randn(12, 4), torch.randn(12, 3), torch.randn(12), torch.randn(12)]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = torch.lstm(x, (h, h), w, True, 1, 0.0, True, False, True)[0]
-        return out.dtype == torch.bfloat16
-    except RuntimeError:
-        return False
-
-
-needs_cpu_bf16 = pytest.mark.skipif(not _cpu_bf16_lstm_ok(), reason="no bf16 LSTM on this CPU")
+needs_cpu_bf16 = pytest.mark.skipif(not cpu_bf16_lstm_ok(), reason="no bf16 LSTM on this CPU")
 
 
 def _cos(a, b):

@@ -9,6 +9,7 @@ from trainkit import LabelLoader, StreamLoader, tiny_classifier, tiny_lm, toy_to
 from fastulm.train.checkpoint import CheckpointError
 from fastulm.train.learner import Learner, TimeLimitReached, TrainingError
 from fastulm.train.schedule import OneCycle
+from fastulm_testkit import cpu_bf16_lstm_ok
 
 
 def lm_learner(tmp_path, seed=0, drop=True, **kw):
@@ -217,6 +218,7 @@ def test_precision_modes():
         Precision("int8", cpu)
 
 
+@pytest.mark.skipif(not cpu_bf16_lstm_ok(), reason="no bf16 LSTM on this CPU")
 def test_bf16_autocast_trains(tmp_path):
     learn = lm_learner(tmp_path, mixed_precision="bf16")
     rows = learn.fit_one_cycle(1, 1e-2)
