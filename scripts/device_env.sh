@@ -14,8 +14,15 @@ mkdir -p "$SITE"
 export PYTHONUNBUFFERED=1
 
 if ls wheelhouse/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" wheelhouse/*.whl || echo "device_env.sh: carried wheels did not install" >&2
+  if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" wheelhouse/*.whl; then
+    # one unusable wheel stops pip's whole install: then each wheel on its own
+    echo "device_env.sh: carried wheels did not install together; one by one:" >&2
+    for whl in wheelhouse/*.whl; do
+      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$SITE" "$whl" 2>/dev/null || echo "device_env.sh: not installed: $whl" >&2
+    done
+  fi
 else
   echo "device_env.sh: no ./wheelhouse (scripts/fetch_gpu_wheels.sh): no fastai here" >&2
 fi

@@ -1,8 +1,11 @@
 """Training steps and memory meters shared by the CPU benchmarks and the GPU suite.
 
-A "step" is one forward + backward (optimizer excluded: Adam's state is the same size on both
-sides) of the LM or the fully unfrozen classifier, for fastulm (with each memory-saving piece
-switchable) or for the reference (fastai 2.8.12), on the same random inputs.
+A "step" is one forward + backward of the LM or the fully unfrozen classifier, for fastulm (with
+each memory-saving piece switchable) or for the reference (fastai 2.8.12), on the same random
+inputs. ``optim=True`` adds the optimizer step (torch AdamW on both sides, fused on CUDA: Adam's
+state is the same size on both sides), making it a full training step; ``amp=torch.float16``
+scales the loss with a GradScaler, as fastai's ``to_fp16()`` does. Gradients are dropped at the
+end of every step, so a step's peak is measured above the parameters (and Adam's state) alone.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above what was allocated before the
 step (parameters, inputs). On the CPU there is no allocator statistic, so :class:`PeakMemory`
@@ -151,6 +154,27 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+class _Update:
+    """backward (+ an AdamW step) of a step's loss; fp16 goes through a GradScaler."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, amp, optim: bool):
+        fused = device.type == "cuda" or None
+        self.model = model
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused) if optim else None
+        self.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        scaler, opt = self.scaler, self.opt
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if opt is not None:
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+        self.model.zero_grad(set_to_none=True)
+
+
 def fastulm_lm_step(
     vocab: int,
     bs: int,
@@ -161,6 +185,7 @@ def fastulm_lm_step(
     checkpoint: bool = False,
     amp: torch.dtype | None = None,
     sizes: dict | None = None,
+    optim: bool = False,
 ) -> Callable[[], None]:
     from fastulm.model import AWDLSTMConfig, get_language_model
 
@@ -169,6 +194,7 @@ def fastulm_lm_step(
     cfg = AWDLSTMConfig.lm(drop_mult=0.3, bptt=bptt, checkpoint=checkpoint, **(sizes or {}))
     model = get_language_model(vocab, cfg).to(device).train()
     x, y = lm_batch(vocab, bs, bptt, device)
+    update = _Update(model, device, amp, optim)
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -179,7 +205,7 @@ def fastulm_lm_step(
             else:
                 logits = model(x).logits
                 loss = F.cross_entropy(logits.reshape(-1, vocab).float(), y.reshape(-1))
-        loss.backward()
+        update(loss)
 
     return step
 
@@ -192,6 +218,7 @@ def fastai_lm_step(
     *,
     amp: torch.dtype | None = None,
     sizes: dict | None = None,
+    optim: bool = False,
 ) -> Callable[[], None]:
     from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_lm_config
     from fastai.text.models.core import get_language_model
@@ -202,6 +229,7 @@ def fastai_lm_step(
     model = get_language_model(AWD_LSTM, vocab, config, drop_mult=0.3)
     model = model.to(device).train()
     x, y = lm_batch(vocab, bs, bptt, device)
+    update = _Update(model, device, amp, optim)
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -209,7 +237,7 @@ def fastai_lm_step(
         with _autocast(device, amp):
             logits = model(x)[0]
             loss = F.cross_entropy(logits.reshape(-1, vocab).float(), y.reshape(-1))
-        loss.backward()
+        update(loss)
 
     return step
 
@@ -225,6 +253,7 @@ def fastulm_clas_step(
     fused_pool: bool = True,
     amp: torch.dtype | None = None,
     sizes: dict | None = None,
+    optim: bool = False,
 ) -> Callable[[], None]:
     from fastulm.kernels.concat_pool import masked_concat_pool_reference
 
@@ -235,6 +264,7 @@ def fastulm_clas_step(
     cfg = AWDLSTMConfig.classifier(drop_mult=0.5, bptt=bptt, checkpoint=checkpoint, **(sizes or {}))
     model = get_classifier(vocab, 2, cfg).to(device).train()
     x, y = clas_batch(vocab, bs, seq_len, bptt, device)
+    update = _Update(model, device, amp, optim)
     encoder, head = model._modules["0"], model.head
 
     def step():
@@ -247,7 +277,7 @@ def fastulm_clas_step(
                 out, mask, _ = encoder(x)
                 logits = head.layers(masked_concat_pool_reference(out, mask, bptt)).float()
             loss = F.cross_entropy(logits, y)
-        loss.backward()
+        update(loss)
 
     return step
 
@@ -261,6 +291,7 @@ def fastai_clas_step(
     bptt: int = 72,
     amp: torch.dtype | None = None,
     sizes: dict | None = None,
+    optim: bool = False,
 ) -> Callable[[], None]:
     from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_clas_config
     from fastai.text.models.core import get_text_classifier
@@ -271,6 +302,7 @@ def fastai_clas_step(
     model = get_text_classifier(AWD_LSTM, vocab, 2, seq_len=bptt, config=config, drop_mult=0.5)
     model = model.to(device).train()
     x, y = clas_batch(vocab, bs, seq_len, bptt, device)
+    update = _Update(model, device, amp, optim)
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -278,6 +310,6 @@ def fastai_clas_step(
         with _autocast(device, amp):
             logits = model(x)[0]
             loss = F.cross_entropy(logits.float(), y)
-        loss.backward()
+        update(loss)
 
     return step

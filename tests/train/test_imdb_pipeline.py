@@ -1,12 +1,16 @@
-"""scripts/imdb_pipeline.py on a CPU slice of the archive, so it works the first time a GPU
-is at hand: a call that runs out of its time budget exits 75 and the next call resumes."""
+"""scripts/imdb_pipeline.py on the CPU, so it works the first time a GPU is at hand: the
+budgeted recipe (probe, plan, LM, classifier, final evaluation, result.json) on a small
+synthetic aclImdb folder; the plan's arithmetic; a CPU slice of the real archive, where a call
+without time for one LM epoch exits 75 and the next call resumes."""
 
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +26,138 @@ def _load():
     return mod
 
 
+POS = [
+    "great",
+    "wonderful",
+    "loved",
+    "superb",
+    "brilliant",
+    "moving",
+    "funny",
+    "best",
+    "enjoyed",
+    "beautiful",
+]
+NEG = [
+    "awful",
+    "boring",
+    "hated",
+    "terrible",
+    "worst",
+    "dull",
+    "stupid",
+    "waste",
+    "poor",
+    "annoying",
+]
+FILL = [
+    "the",
+    "movie",
+    "film",
+    "plot",
+    "actors",
+    "story",
+    "scenes",
+    "it",
+    "was",
+    "and",
+    "a",
+    "of",
+    "to",
+    "this",
+    "with",
+]
+
+
+def make_fake_imdb(root: Path, n: int = 24, seed: int = 0) -> Path:
+    """An aclImdb folder of ``n`` reviews per class of train and test and ``n`` unlabelled:
+    filler words plus words of the review's class, so a tiny classifier can learn it."""
+    rng = random.Random(seed)
+    for folder, words in (
+        ("train/pos", POS),
+        ("train/neg", NEG),
+        ("test/pos", POS),
+        ("test/neg", NEG),
+        ("train/unsup", POS + NEG),
+    ):
+        d = root / "aclImdb" / folder
+        d.mkdir(parents=True)
+        for i in range(n):
+            text = " ".join(rng.choice(words if rng.random() < 0.3 else FILL) for _ in range(40))
+            (d / f"{i}_{7 if 'pos' in folder else 2}.txt").write_text(text.capitalize() + ".")
+    return root / "aclImdb"
+
+
+@pytest.mark.slow
+def test_budgeted_recipe_end_to_end_on_the_cpu(tmp_path):
+    """Probe, plan, the planned LM one-cycle, the classifier, then every test review scored:
+    result.json holds the figure, the plan and the timings."""
+    pipe = _load()
+    src = make_fake_imdb(tmp_path / "data")
+    work = tmp_path / "work"
+    args = ["--archive", str(src), "--work", str(work), "--preset", "tiny", "--device", "cpu"]
+    args += ["--workers", "1", "--time-budget", "4", "--max-lm-epochs", "2"]
+    args += ["--lm-bs", "8", "--clas-bs", "8", "--probe-steps", "2"]
+    args += ["--lm-args", "--threads 1", "--clas-args", "--threads 1"]
+    assert pipe.main(args) == 0
+    result = json.loads((work / "result.json").read_text())
+    assert result["complete"] and result["within_budget"]
+    assert result["n_test"] == 48 and 0.0 <= result["test_accuracy"] <= 1.0
+    plan = result["plan"]
+    assert plan["feasible"] and plan["lm_epochs"] == 2  # capped by --max-lm-epochs
+    assert result["lm_epochs"] == 2  # the one-cycle ran to its end
+    train_args = json.loads((work / "lm" / "train_args.json").read_text())
+    assert [(s["freeze_to"], s["epochs"]) for s in train_args["stages"]] == [(0, 2)]
+    n_clas = 3 + plan["clas_final_epochs_run"]
+    assert len(result["clas_epochs"]) == n_clas
+    # the final evaluation and the last validation epoch score the same documents
+    assert result["test_accuracy"] == pytest.approx(result["clas_epochs"][-1]["accuracy"])
+    assert result["measured"]["lm"]["tokens_per_s"] > 0
+    assert set(result["elapsed"]) == {"tokenize", "probe", "lm", "clas", "evaluate"}
+    # a finished work folder: the next call only reports
+    assert pipe.main(args) == 0
+
+
+def _measured(lm_tok_s=1e5, clas_tok_s=1e5):
+    return {
+        "precision": "bf16",
+        "lm": {"tokens_per_s": lm_tok_s, "tokens_per_epoch": 1e7, "valid_tokens": 3e6},
+        "clas": {
+            "tokens_per_s": clas_tok_s,
+            "valid_tokens_per_s": 3 * clas_tok_s,
+            "train_tokens_per_epoch": 1e6,
+            "valid_tokens": 3e6,
+        },
+        "lm_splits": {"train": 2e6, "test": 2e6, "unsup": 6e6},
+    }
+
+
+def test_plan_sizes_the_lm_to_the_time_left():
+    pipe = _load()
+    preset = get_preset("paper")
+    args = SimpleNamespace(safety=1.0, max_lm_epochs=12)
+    # LM epoch 110 s (+2 checkpoint); classifier epoch 10 + 10 + 2 = 22 s, 5 epochs
+    plan = pipe.make_plan(_measured(), preset, 600.0, args, startup_s=20.0)
+    assert plan["feasible"] and plan["clas_final_epochs"] == 2 and plan["lm_splits"] is None
+    # 600 - (5 x 22 + 20) - eval (10 + 10) - startup 20 = 430 s: 3 epochs of 112 s
+    assert plan["lm_epochs"] == 3
+    # more time: capped by --max-lm-epochs
+    assert pipe.make_plan(_measured(), preset, 1e5, args, 20.0)["lm_epochs"] == 12
+    # short: the classifier's last stage drops to 1 epoch before the LM loses its only epoch
+    plan = pipe.make_plan(_measured(), preset, 280.0, args, 20.0)
+    assert (plan["lm_epochs"], plan["clas_final_epochs"]) == (1, 1)
+    # shorter: one epoch of fewer documents (train + unsup: 80% of the tokens)
+    plan = pipe.make_plan(_measured(), preset, 250.0, args, 20.0)
+    assert plan["lm_splits"] == ["train", "unsup"] and plan["lm_epochs"] == 1
+    # nothing fits
+    assert not pipe.make_plan(_measured(), preset, 100.0, args, 20.0)["feasible"]
+    lm = {"bs": 128, "bptt": 80, "lr": 1e-2}
+    assert pipe._lm_stage_args({"lm_epochs": 3, "lm_splits": None}, lm) == [
+        *("--bs", "128", "--bptt", "80", "--lr", "0.01"),
+        *("--frozen-epochs", "3", "--epochs", "0"),
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.full_data
 def test_pipeline_slice_resumes(imdb_archive, tmp_path):
@@ -29,7 +165,8 @@ def test_pipeline_slice_resumes(imdb_archive, tmp_path):
     work = tmp_path / "work"
     base = ["--archive", str(imdb_archive), "--work", str(work), "--limit", "12"]
     base += ["--preset", "tiny", "--device", "cpu", "--workers", "1"]
-    base += ["--lm-args", "--threads 1 --bs 16", "--clas-args", "--threads 1 --bs 8"]
+    base += ["--lm-bs", "16", "--clas-bs", "8", "--max-lm-epochs", "2"]
+    base += ["--lm-args", "--threads 1", "--clas-args", "--threads 1"]
     # a budget too small for any training: the data steps run, then it asks to be called again
     assert pipe.main([*base, "--time-budget", "0.2"]) == pipe.EXIT_TIME_LIMIT
     assert (work / "corpus" / "meta.json").is_file()
@@ -45,7 +182,8 @@ def test_pipeline_slice_resumes(imdb_archive, tmp_path):
     report = (work / "time_to_accuracy.md").read_text()
     assert f"| {n_epochs} |" in report  # every classifier epoch with its test accuracy
     state = json.loads((work / "pipeline.json").read_text())
-    assert set(state["elapsed"]) == {"slice", "tokenize", "lm", "clas"}
+    assert set(state["elapsed"]) == {"slice", "tokenize", "probe", "lm", "clas", "evaluate"}
+    assert json.loads((work / "result.json").read_text())["n_test"] == 24
     rows = [json.loads(x) for x in (work / "clas" / "log.jsonl").read_text().splitlines()]
     assert len(rows) == n_epochs and 0.0 <= rows[-1]["accuracy"] <= 1.0
     # a finished work folder: the next call only reports
@@ -69,9 +207,22 @@ def test_gpu_pipeline_script_as_on_the_device(imdb_archive, tmp_path):
         "FASTULM_PIPELINE_WORK": str(work),
         "FASTULM_DATA": str(imdb_archive.parent),
         "OUT": str(out),
+        "OMP_NUM_THREADS": "1",  # the probe runs in the pipeline's own process
     }
-    args = ["--limit", "8", "--preset", "tiny", "--device", "cpu", "--workers", "1"]
-    args += ["--lm-args", "--threads 1 --bs 8", "--clas-args", "--threads 1 --bs 8"]
+    args = [
+        "--time-budget",
+        "20",
+        "--limit",
+        "8",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+    ]
+    args += ["--lm-bs", "8", "--clas-bs", "8", "--max-lm-epochs", "1", "--probe-steps", "2"]
+    args += ["--lm-args", "--threads 1", "--clas-args", "--threads 1"]
     proc = subprocess.run(
         ["bash", "scripts/gpu_pipeline.sh", *args],
         cwd=repo,
@@ -83,4 +234,6 @@ def test_gpu_pipeline_script_as_on_the_device(imdb_archive, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     n_epochs = sum(st.epochs for st in get_preset("tiny").clas.stages)
     assert f"| {n_epochs} |" in (out / "time_to_accuracy.md").read_text()
-    assert {"pipeline.json", "clas_log.csv", "lm_losses.png"} <= {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir()}
+    assert {"result.json", "pipeline.log", "clas.log", "lm_losses.png"} <= names
+    assert len(names) <= 8  # what a device call brings back
