@@ -1,6 +1,8 @@
 """fastulm.text.Tokenizer / tokenize_texts: fastai's token stream, fast paths vs exact path."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -134,3 +136,14 @@ def test_word_repeats_fast_path_equals_exact_path():
 def test_non_text_is_refused_clearly():
     with pytest.raises(TypeError, match="text 1 is a float"):
         Tokenizer().encode_batch(["ok", float("nan")])
+
+
+def test_importing_the_rules_or_the_vocab_loads_no_numba():
+    """fastulm.text is lazy: the vocab (which needs only the rules) does not pay for numba."""
+    code = (
+        "import sys, fastulm.text, fastulm.text.rules, fastulm.data.vocab\n"
+        "assert 'numba' not in sys.modules and 'fastulm.text.words' not in sys.modules\n"
+        "from fastulm.text import Tokenizer, SPECIAL_TOKENS, split_words, apply_rules\n"
+        "assert 'numba' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
