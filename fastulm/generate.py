@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {why}", file=sys.stderr)
         return 2
     from fastulm.generation import NonFiniteError, generate_text
-    from fastulm.train.checkpoint import CheckpointError
-    from fastulm.train.run_dir import load_run
+    from fastulm.run_reader import load_run
+    from fastulm.weights import CheckpointError
 
     try:
         run = load_run(args.run_dir, args.device)

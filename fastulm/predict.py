@@ -112,8 +112,8 @@ def predict_runs(run_dirs: list[str], texts: list[str], bs: int, device: str):
     import torch
 
     from fastulm.generation import NonFiniteError
-    from fastulm.train.run_dir import load_run
-    from fastulm.train.text_learners import predict_labels
+    from fastulm.prediction import predict_labels
+    from fastulm.run_reader import load_run
 
     probs, names = None, None
     for rd in run_dirs:
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --bs must be >= 1, got {args.bs}", file=sys.stderr)
         return 2
     from fastulm.files import check_writable, write_text
-    from fastulm.train.checkpoint import CheckpointError
+    from fastulm.weights import CheckpointError
 
     out = None
     if args.file is not None:

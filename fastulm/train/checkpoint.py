@@ -5,7 +5,7 @@ optimizer state, where training stood (fit number, epoch, step), the loader's po
 model's carried hidden state and every random generator (torch CPU and CUDA, numpy, python).
 It is written with ``torch.save`` to a temporary name and renamed into place, and read back
 with ``weights_only=True``, so only tensors and plain containers ever come off disk.
-Weights alone go to safetensors files (tied tensors stored once). Both carry a checksum
+Weights alone go to safetensors files (fastulm.weights). Both carry a checksum
 (fastulm.checksums) that is verified on load: a damaged file is an error, never used.
 """
 
@@ -17,21 +17,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
-from torch import nn
 
-from fastulm.checksums import (
-    DamagedFileError,
-    seal_safetensors,
-    seal_state,
-    verify_safetensors,
-    verify_state,
-)
+from fastulm.checksums import DamagedFileError, seal_state, verify_state
 from fastulm.files import atomic_write
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or weights file that is missing, corrupt or for another model."""
+# The weights file I/O lives in fastulm.weights (inference reads it without the trainer);
+# re-exported here for the trainer's ``ckpt.save_weights`` / ``ckpt.CheckpointError``.
+from fastulm.weights import (  # noqa: F401
+    CheckpointError,
+    error_summary,
+    load_weights,
+    save_weights,
+)
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
@@ -61,15 +58,6 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     if isinstance(state, dict):
         state.pop("sha256", None)
     return state
-
-
-def error_summary(err: BaseException) -> str:
-    """One line of an exception's message: torch's state-dict errors start with a header
-    line ("Error(s) in loading state_dict for ...") and list the real problems below it."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
-        lines = lines[1:]
-    return lines[0] if lines else type(err).__name__
 
 
 def rng_state() -> dict[str, Any]:
@@ -106,43 +94,3 @@ def _to_lists(obj):
 
 def _to_tuples(obj):
     return tuple(_to_tuples(o) for o in obj) if isinstance(obj, list) else obj
-
-
-def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Model weights as safetensors (shared tensors such as the tied decoder stored once)."""
-
-    def write(tmp: str) -> None:
-        try:
-            save_model(_unwrap(model), tmp)
-        except Exception as err:  # safetensors reports a full disk as its own error type
-            if isinstance(err, OSError):
-                raise
-            raise OSError(error_summary(err)) from None
-        seal_safetensors(tmp)
-
-    atomic_write(path, write)
-
-
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
-    try:
-        verify_safetensors(path)
-    except DamagedFileError as err:
-        raise CheckpointError(str(err)) from None
-    try:
-        missing, unexpected = load_model(_unwrap(model), path, strict=False)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path}: cannot load these weights into the model ({error_summary(err)})"
-        ) from None
-    if strict and (missing or unexpected):
-        raise CheckpointError(
-            f"{path}: weights do not match the model (missing {sorted(missing)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]})"
-        )
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)

@@ -17,7 +17,8 @@ RUN_DIR/
 ```
 
 Every file is written to a temporary name and renamed, so a killed run never leaves half a
-file; predict and generate need only config.json, vocab.json and model.safetensors.
+file; predict and generate need only config.json, vocab.json and model.safetensors, and read
+them with ``fastulm.run_reader.load_run`` (outside the trainer).
 
 ``prepare_run_dir`` guards the folder before any work: training into an earlier run needs
 ``--resume`` or ``--force``, and ``--force`` clears only a folder that holds nothing but a
@@ -31,16 +32,14 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from fastulm.files import WriteError, atomic_write, check_replaceable
-from fastulm.train.checkpoint import CheckpointError, load_weights, save_weights
-
-FORMAT = "fastulm-run-1"
+from fastulm.run_reader import FORMAT
+from fastulm.weights import save_weights
 
 # Everything a run writes into its folder (see the layout above).
 RUN_FILES = frozenset(
@@ -151,47 +150,3 @@ def write_run(
 def _n_classes(model: nn.Module) -> int:
     last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
     return last.out_features
-
-
-@dataclass
-class Run:
-    kind: str
-    model: nn.Module
-    vocab: list[str]
-    label_names: list[str]
-    config: dict[str, Any]
-
-
-def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
-    """The trained model of a run directory, ready for predict/generate (eval mode)."""
-    from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{run_dir}: not a run directory (no config.json; train first)")
-    try:
-        config = json.loads(cfg_path.read_text())
-        vocab = json.loads((run_dir / "vocab.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{run_dir}: unreadable run files ({err})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path}: not a fastulm run config")
-    kind, n_classes = config.get("kind"), config.get("n_classes")
-    if kind not in ("lm", "clas") or not isinstance(config.get("model"), dict):
-        raise CheckpointError(f"{cfg_path}: damaged (kind or model missing)")
-    if kind == "clas" and not (isinstance(n_classes, int) and n_classes >= 2):
-        raise CheckpointError(f"{cfg_path}: damaged (n_classes {n_classes!r})")
-    if not (isinstance(vocab, list) and vocab and all(isinstance(t, str) for t in vocab)):
-        raise CheckpointError(f"{run_dir / 'vocab.json'}: damaged (not a list of tokens)")
-    try:
-        model_cfg = AWDLSTMConfig.from_dict(config["model"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{cfg_path}: damaged model config ({err})") from None
-    if kind == "clas":
-        model = get_classifier(len(vocab), n_classes, model_cfg)
-    else:
-        model = get_language_model(len(vocab), model_cfg)
-    load_weights(model, run_dir / "model.safetensors")
-    model.to(device).eval()
-    return Run(kind, model, vocab, config.get("label_names") or [], config)

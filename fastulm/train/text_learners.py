@@ -23,6 +23,7 @@ from fastulm.data.lm_loader import LMLoader
 from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
 from fastulm.model.encoder_io import load_encoder, save_encoder
 from fastulm.model.pretrained import load_pretrained
+from fastulm.prediction import predict_labels
 from fastulm.train import distributed as ddp
 from fastulm.train.learner import Learner
 from fastulm.train.run_dir import write_run
@@ -168,15 +169,6 @@ class ClassifierLearner(TextLearner):
     def predict_texts(self, texts: Sequence[str], bs: int = 64) -> tuple[list[str], torch.Tensor]:
         backwards = getattr(self, "settings", {}).get("backwards", False)
         return predict_labels(self.model, self.vocab, self.label_names, texts, bs, backwards)
-
-
-def predict_labels(model, vocab, label_names, texts: Sequence[str], bs=64, backwards=False):
-    """Tokenize like the corpus, classify, and name each text's most likely label."""
-    from fastulm.generation import classify, encode_texts
-
-    probs = classify(model, encode_texts(vocab, texts), bs=bs, backwards=backwards)
-    names = label_names or [str(i) for i in range(probs.shape[1])]
-    return [names[i] for i in probs.argmax(1).tolist()], probs
 
 
 def language_model_learner(
