@@ -15,15 +15,20 @@ shared between forked workers once, and the largest single process's RSS (wait4)
 
 fastulm runs ``FASTULM_BENCH_ROUNDS`` times (default 3, each into a fresh folder) and the
 median round by wall time is reported with all the rounds' wall times; the reference, at
-three minutes and more, runs once. These shared machines are noisy: a single run can be
-off by 10%.
+three minutes and more, runs once. Every run is a fresh process (nothing imported or
+cached in memory carries over from pytest or an earlier run). These shared machines are
+noisy: a single run can be off by 10%, so the report names the CPU, the cores and the
+load average before each run, and gives the speed-up of the median and of the slowest
+round against the reference of the same session.
 
     python -m pytest benchmarks/test_tokenize_bench.py -s -p no:randomly
     FASTULM_BENCH_WORKERS=2 (default: all cores)
+    FASTULM_BENCH_JSON=results.json (also write every figure there)
 """
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tarfile
@@ -62,6 +67,31 @@ print(json.dumps({"docs": len(lengths), "tokens": n_tok, "vocab": len(num.vocab)
 """
 
 
+def machine() -> dict:
+    """What a reader needs to tell a machine difference from a regression."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": default_workers(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def _tree(root: int) -> list[int]:
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -92,6 +122,7 @@ def _kb(path: str, field: str) -> int:
 
 def measure(cmd: list[str]) -> dict:
     """Wall time, CPU time and peak memory of a command and all its children."""
+    load = _load()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
@@ -124,6 +155,7 @@ def measure(cmd: list[str]) -> dict:
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_tree_pss_mb": peak["pss"] / 1024,
         "peak_process_rss_mb": max(peak["rss"], usage.ru_maxrss) / 1024,
+        "load_before": load,
         "stdout": stdout,
     }
 
@@ -165,6 +197,8 @@ def _median_of_rounds(src: Path, tmp_path: Path) -> dict:
     runs.sort(key=lambda r: r["wall_s"])
     r = dict(runs[len(runs) // 2])
     r["rounds_wall_s"] = [round(x["wall_s"], 2) for x in runs]
+    r["slowest_wall_s"] = runs[-1]["wall_s"]
+    r["rounds_load_before"] = [round(x["load_before"], 2) for x in runs]
     r["peak_tree_pss_mb"] = max(x["peak_tree_pss_mb"] for x in runs)
     r["peak_process_rss_mb"] = max(x["peak_process_rss_mb"] for x in runs)
     return r
@@ -196,8 +230,9 @@ def test_reference(benchmark, extracted, fastai_text):
 def test_fastulm_folder(benchmark, extracted, tmp_path):
     # warm the on-disk numba cache first (a one-time cost after install, not per run)
     warm = tmp_path / "warm_src"
-    (warm / "train" / "pos").mkdir(parents=True)
-    (warm / "train" / "pos" / "0_9.txt").write_text("A warm-up review. It's GREAT!!!")
+    for label, name in (("pos", "0_9.txt"), ("neg", "1_2.txt")):  # two classes, as a source needs
+        (warm / "train" / label).mkdir(parents=True)
+        (warm / "train" / label / name).write_text("A warm-up review. It's GREAT!!!")
     _fastulm(warm, tmp_path / "warm_out")
     r = benchmark.pedantic(_median_of_rounds, args=(extracted, tmp_path), rounds=1, iterations=1)
     _record(benchmark, "fastulm (folder)", r)
@@ -212,14 +247,27 @@ def test_report():
     ref = RESULTS.get("reference (fastai 2.8.12)")
     if ref is None or len(RESULTS) < 2:
         pytest.skip("needs the runs above in the same session")
+    m = machine()
     lines = [
-        "| run | wall s | CPU s | docs/s | tokens/s | peak PSS tree MB | peak RSS MB | speed-up |",
-        "|---|---|---|---|---|---|---|---|",
+        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['date']}, {WORKERS} workers",
+        "",
+        "| run | wall s (median) | rounds wall s | CPU s | docs/s | peak PSS tree MB |"
+        " peak RSS MB | load before | speed-up (median) | speed-up (slowest) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in RESULTS.items():
+        rounds = ", ".join(f"{x:.2f}" for x in r.get("rounds_wall_s", []))
+        slowest = r.get("slowest_wall_s", r["wall_s"])
+        loads = r.get("rounds_load_before", [r["load_before"]])
         lines.append(
-            f"| {name} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['docs_per_s']:,.0f} |"
-            f" {r['tokens_per_s']:,.0f} | {r['peak_tree_pss_mb']:,.0f} |"
-            f" {r['peak_process_rss_mb']:,.0f} | {ref['wall_s'] / r['wall_s']:.1f}x |"
+            f"| {name} | {r['wall_s']:.2f} | {rounds} | {r['cpu_s']:.1f} |"
+            f" {r['docs_per_s']:,.0f} | {r['peak_tree_pss_mb']:,.0f} |"
+            f" {r['peak_process_rss_mb']:,.0f} | {', '.join(f'{x:.1f}' for x in loads)} |"
+            f" {ref['wall_s'] / r['wall_s']:.1f}x | {ref['wall_s'] / slowest:.1f}x |"
         )
     print("\n" + "\n".join(lines))
+    out = os.environ.get("FASTULM_BENCH_JSON")
+    if out:
+        Path(out).write_text(
+            json.dumps({"machine": m, "workers": WORKERS, "runs": RESULTS}, indent=1)
+        )

@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from numba import njit
+
+from fastulm.text.jit import kernel
 
 try:  # the stdlib's own regex parser
     from re import _parser as _sre
@@ -242,7 +243,7 @@ COMPILED = _compile()
 # ---------------------------------------------------------------------------- matching
 
 
-@njit(cache=True)
+@kernel
 def _match_at(a, lo, hi, i, alt, body, cls):
     """Length of alternative `alt` matched at a[i] within the string a[lo:hi], or -1."""
     lb1, lb2, la, nla, rep, rep_min, b0, blen = (
@@ -278,7 +279,7 @@ def _match_at(a, lo, hi, i, alt, body, cls):
     return j - i
 
 
-@njit(cache=True)
+@kernel
 def prefix_len(a, lo, hi, alts, start, flat, body, cls):
     if hi <= lo:
         return 0
@@ -290,7 +291,7 @@ def prefix_len(a, lo, hi, alts, start, flat, body, cls):
     return 0
 
 
-@njit(cache=True)
+@kernel
 def suffix_len(a, lo, hi, alts, start, flat, max_fixed, body, cls):
     if hi <= lo:
         return 0
@@ -311,7 +312,7 @@ def suffix_len(a, lo, hi, alts, start, flat, max_fixed, body, cls):
     return 0
 
 
-@njit(cache=True)
+@kernel
 def infixes(a, lo, hi, alts, start, flat, body, cls, out):
     """Infix matches in a[lo:hi] as `finditer` finds them: (start, end) pairs in `out`,
     their number returned."""
@@ -335,7 +336,7 @@ def infixes(a, lo, hi, alts, start, flat, body, cls, out):
 # ---------------------------------------------------------------------------- whole runs
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _letters(a, s, e):
     for j in range(s, e):
         c = a[j] | 32
@@ -344,12 +345,12 @@ def _letters(a, s, e):
     return True
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _word_char(c):
     return 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c == 95
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _host_tail(a, p, hi):
     """Whether a[p:hi] is what may follow a URL's host: `(?::\\d{2,5})?(?:[/?#]\\S*)?$`."""
     if p == hi or a[p] == 47 or a[p] == 63 or a[p] == 35:
@@ -363,12 +364,12 @@ def _host_tail(a, p, hi):
     return 2 <= n <= 5 and (j == hi or a[j] == 47 or a[j] == 63 or a[j] == 35)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _alnum(c):
     return 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122
 
 
-@njit(cache=True)
+@kernel
 def _domain(a, h, p):
     """Whether a[h:p] is `(?:(?:[A-Za-z0-9][A-Za-z0-9_-]{0,62})?[A-Za-z0-9]\\.)+[a-z]{2,63}`."""
     d = p - 1  # the last dot
@@ -391,7 +392,7 @@ def _domain(a, h, p):
     return True
 
 
-@njit(cache=True)
+@kernel
 def url_match(a, lo, hi):
     """spaCy's URL pattern on a[lo:hi], for ASCII without whitespace or `/` and with at
     most two dots (no IPv4 host): 1 match, 0 none, -1 not decided here."""
@@ -411,7 +412,7 @@ def url_match(a, lo, hi):
     return 0
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def spells(ids, i, end, pt, p_off, p_ids):
     """Whether ids[i:end] starts with the tokens of pattern `pt` (p_off/p_ids: the final
     pass's patterns as token ids, one after another)."""
@@ -424,7 +425,7 @@ def spells(ids, i, end, pt, p_off, p_ids):
     return True
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def split_runs(ents, key_start, a, cls, pre_pat, suf_pat, inf_pat, spec, spec_val, tok, n_tok, words, n_word,
                pats, link_edges, extra):  # fmt: skip
     """words.py's split (plus the final pass) of runs a[key_start[e]:key_start[e+1]] for the

@@ -9,9 +9,9 @@ as plain arrays; docs/tokenizer.md, "Fast path", describes the steps.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from fastulm.text.ascii_split import spells
+from fastulm.text.jit import kernel
 from fastulm.text.table import FNV_OFFSET, FNV_PRIME
 from fastulm.text.table import fnv as _hash
 from fastulm.text.table import prefetch as _prefetch
@@ -25,12 +25,12 @@ WS_ALL = np.zeros(0x110000, np.bool_)  # every code point, for counting runs wit
 WS_ALL[:WS_LIMIT] = WS
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _is_ws(c, ws):
     return c < 0x3001 and ws[c]
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
     """Cut the text into runs and look each up.
 
@@ -165,7 +165,7 @@ def scan(arr, ws, cap, slots, ent_hash, key_start, key_pool, key_low, n_ent):
     )
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def assemble(
     r_kind,
     r_ent,
@@ -256,7 +256,7 @@ def assemble(
     return out[:o], offsets, flags
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def pre_tokens(r_kind, r_ent, r_mark, lo, hi, val_start, val_len, lead, tok_pool, bos):
     """One document's ids before the final special-case pass, and the spaCy-level run each
     token belongs to (the input of words.special_pass); runs lo..hi-1 as assemble."""
@@ -306,7 +306,7 @@ def pre_tokens(r_kind, r_ent, r_mark, lo, hi, val_start, val_len, lead, tok_pool
     return ids[:o], owner[:o]
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def special_pass(ids, owner, pf_start, pf_list, p_off, p_ids, r_off, r_ids):
     """words.special_pass on token ids: every pattern match, longest first (leftmost first
     among equals), kept when its first and last tokens are unclaimed, replaced when it lies

@@ -16,15 +16,17 @@ from itertools import pairwise
 import numpy as np
 from llvmlite import binding as _llvm
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from fastulm.text.jit import kernel
 
 FNV_OFFSET = np.uint64(14695981039346656037)  # FNV-1a
 FNV_PRIME = np.uint64(1099511628211)
 
 
-@njit(cache=True)
+@kernel
 def fnv(arr, s, e):
     h = FNV_OFFSET
     for i in range(s, e):
@@ -56,13 +58,13 @@ def prefetch(typingctx, arr, idx):
     return types.void(arr, idx), codegen
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def slot_value(h, lower, k):
     """A slot: the hash's top 30 bits and the lowercase flag above the entry (never < 0)."""
     return (np.int64(h >> np.uint64(34)) << 33) | (np.int64(lower) << 32) | np.int64(k)
 
 
-@njit(cache=True)
+@kernel
 def probe(arr, s, e, h, lower, slots, ent_hash, key_start, key_pool, key_low):
     """Entry of arr[s:e] (ASCII-lowercased if `lower`) in the table, or -(slot + 1) for the
     empty slot to use. Lowercased keys and raw keys live apart (`key_low`)."""
@@ -90,7 +92,7 @@ def probe(arr, s, e, h, lower, slots, ent_hash, key_start, key_pool, key_low):
         j = (j + 1) & mask
 
 
-@njit(cache=True)
+@kernel
 def intern(arr, s, e, n, slots, ent_hash, key_start, key_pool, key_low):
     """Entry of arr[s:e], added as entry n when new. Returns (entry, entries now)."""
     h = fnv(arr, s, e)
@@ -106,14 +108,14 @@ def intern(arr, s, e, n, slots, ent_hash, key_start, key_pool, key_low):
     return n, n + 1
 
 
-@njit(cache=True)
+@kernel
 def lookup(arr, s, e, slots, ent_hash, key_start, key_pool, key_low):
     """Entry of arr[s:e], or -1."""
     k = probe(arr, s, e, fnv(arr, s, e), False, slots, ent_hash, key_start, key_pool, key_low)
     return k if k >= 0 else -1
 
 
-@njit(cache=True)
+@kernel
 def insert(keys, offsets, lows, slots, ent_hash, key_start, key_pool, key_low, first):
     """Add keys[offsets[i]:offsets[i+1]] as entries first, first+1, ... (capacity is ready).
 
@@ -131,7 +133,7 @@ def insert(keys, offsets, lows, slots, ent_hash, key_start, key_pool, key_low, f
         slots[-k - 1] = slot_value(h, lows[i], ent)
 
 
-@njit(cache=True)
+@kernel
 def rehash(n_ent, size, ent_hash, key_low):
     slots = np.full(size, -1, np.int64)
     mask = size - 1

@@ -236,13 +236,13 @@ class Tokenizer:
         )  # fmt: skip
         return special_pass(ids, owner, *self._pass)
 
-    def _encode_fixed(self, fixed: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """Ids and offsets of HTML-fixed texts, and the documents that need the slow path."""
+    def _encode_fixed(self, joined: str, n_docs: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Ids and offsets of `n_docs` HTML-fixed texts joined with U+0000, and the documents
+        that need the slow path."""
         st = self._store
-        joined = _SEP.join(fixed)
         arr = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), np.uint32)
         ws = WS_ALL[arr]
-        n_runs = np.count_nonzero(ws[1:] != ws[:-1]) + 2 * len(fixed) + 1  # separators too
+        n_runs = np.count_nonzero(ws[1:] != ws[:-1]) + 2 * n_docs + 1  # separators too
         st.reserve(n_runs, len(arr))
         first = st.runs.n
         r_kind, r_ent, r_mark, new, new_start, new_end = scan(
@@ -266,12 +266,13 @@ class Tokenizer:
             r_kind, r_ent, r_mark, st.val_start, st.val_len, st.lead, st.link_first,
             st.link_last, st.links.compat, st.wfirst, st.wlast, st.wdup, st.wstem,
             st.wmulti, st.pool,
-            len(fixed), st.token_id(BOS),
+            n_docs, st.token_id(BOS),
         )  # fmt: skip
         flagged = np.flatnonzero(flags).tolist()
         if not flagged:
             return ids, offsets, []
         slow, redo = [], {}
+        fixed = joined.split(_SEP) if any(flags[d] & 2 for d in flagged) else []
         for d in flagged:
             if flags[d] & 2 and RE_WREP.search(replace_rep(fixed[d])):
                 slow.append(d)
@@ -282,7 +283,7 @@ class Tokenizer:
             for d in redo:
                 lo = ends[d - 1] + 1 if d else 0
                 redo[d] = self._relink(r_kind, r_ent, r_mark, lo, ends[d])
-            pieces = [ids[offsets[i] : offsets[i + 1]] for i in range(len(fixed))]
+            pieces = [ids[offsets[i] : offsets[i + 1]] for i in range(n_docs)]
             for d, new_ids in redo.items():
                 pieces[d] = new_ids
             ids, offsets = _concat(pieces)
@@ -295,7 +296,7 @@ class Tokenizer:
             if not isinstance(t, str):
                 raise TypeError(f"text {i} is a {type(t).__name__}, not a str")
         fixed = ["" if _SEP in t else fix_html(t) for t in texts]
-        ids, offsets, slow = self._encode_fixed(fixed)
+        ids, offsets, slow = self._encode_fixed(_SEP.join(fixed), len(texts))
         slow = set(slow) | {i for i, t in enumerate(texts) if _SEP in t}
         if not slow:
             return ids, offsets
