@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _API = {
     "tokenize_texts": "fastulm.text",
     "open_corpus": "fastulm.data.corpus",
+    "tokenize_df": "fastulm.data.frame",
     "AWDLSTMConfig": "fastulm.model",
     "get_language_model": "fastulm.model",
     "get_classifier": "fastulm.model",

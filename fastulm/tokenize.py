@@ -2,12 +2,16 @@
 
     python -m fastulm.tokenize SRC OUT [--workers N] [--max-vocab 60000] [--min-freq 2]
                                        [--vocab-from train,unsup | --vocab PATH] [--force]
+    python -m fastulm.tokenize DATA.csv OUT [--text-col COL]... [--label-col COL]
+                      [--valid-col COL | --valid-pct P --seed S] [--label-delim D]
+    python -m fastulm.tokenize FOLDER_OR_TGZ OUT [--label-regex R] [--valid-pct P]
     python -m fastulm.tokenize SRC PART --num-shards K --shard-index I   (one slice)
     python -m fastulm.tokenize --merge PART... OUT                        (combine slices)
     python -m fastulm.tokenize --show OUT [--split train] [-n 5]
 
-SRC is an aclImdb folder, its .tar.gz, a fastai-layout folder, a CSV or Parquet file with
-``label,text,is_valid``, or an http(s) URL of one of those.
+SRC is a folder of classes (train/<class>/*.txt, valid/ or test/, unsup/: aclImdb's
+layout), its .tar.gz, a CSV, TSV, JSONL or Parquet file (columns text, label, is_valid by
+default), or an http(s) URL of one of those.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 
 from fastulm.cli import parser
 from fastulm.data import DataError
+from fastulm.data.sources import OptionError
 from fastulm.stop import StopRequest
 
 
@@ -49,6 +54,52 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace OUT if it is a corpus (or part) fastulm wrote; never any other folder",
     )
+    p.add_argument(
+        "--text-col",
+        action="append",
+        default=None,
+        metavar="COL",
+        help="tables: the text column (default: text); repeat it for several fields, each"
+        " then starts with xxfld N as fastai marks them",
+    )
+    p.add_argument(
+        "--label-col",
+        default=None,
+        metavar="COL",
+        help="tables: the label column (default: label; without one, unlabelled texts)",
+    )
+    p.add_argument(
+        "--valid-col",
+        default=None,
+        metavar="COL",
+        help="tables: true/false column of validation rows (default: is_valid, if there)",
+    )
+    p.add_argument(
+        "--valid-pct",
+        type=float,
+        default=None,
+        metavar="P",
+        help="put a random share P of the training documents in a valid split",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --valid-pct (default 0)")
+    p.add_argument(
+        "--label-delim",
+        default=None,
+        metavar="D",
+        help="tables: multi-label cells, class names separated by D (e.g. ';')",
+    )
+    p.add_argument(
+        "--label-regex",
+        default=None,
+        metavar="R",
+        help="folders and archives: the label is the first group of R searched in each file's"
+        r" name (IMDB ratings: '_(\d+)\.txt$')",
+    )
+    p.add_argument(
+        "--drop-unlabelled",
+        action="store_true",
+        help="leave out documents without a label instead of stopping",
+    )
     p.add_argument("--num-shards", type=int, default=None, metavar="K")
     p.add_argument("--shard-index", type=int, default=None, metavar="I")
     p.add_argument("--merge", action="store_true", help="combine shard parts: PART... OUT")
@@ -64,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> None:
     from fastulm.data.parts import merge_parts, tokenize_shard
     from fastulm.data.pipeline import VocabOptions, tokenize_source
+    from fastulm.data.sources import SourceOptions
 
     if args.show is not None:
         from fastulm.data.corpus import open_corpus
@@ -95,7 +147,18 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> No
     if len(args.paths) != 2:
         parser.error("expected SRC OUT")
     src, out = args.paths
+    source_options = SourceOptions(
+        text_cols=args.text_col,
+        label_col=args.label_col,
+        valid_col=args.valid_col,
+        valid_pct=args.valid_pct,
+        seed=args.seed,
+        label_delim=args.label_delim,
+        label_regex=args.label_regex,
+        drop_unlabelled=args.drop_unlabelled,
+    )
     common = dict(
+        source_options=source_options,
         workers=args.workers,
         force=args.force,
         progress=not args.quiet,
@@ -122,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()
     try:
         _run(args, parser, stop.check)
+    except OptionError as err:
+        parser.error(str(err))  # a usage error: exit 2
     except DataError as err:
         print(f"fastulm.tokenize: error: {err}", file=sys.stderr)
         return 1

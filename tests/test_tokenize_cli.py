@@ -83,7 +83,10 @@ def test_bad_inputs_give_one_line(capsys, tmp_path):
     assert "junk: no review files" in _error(capsys, tmp_path / "junk", out)
     bad_csv = tmp_path / "bad.csv"
     pcsv.write_csv(pa.table({"label": ["pos"], "review": ["hi"], "is_valid": [False]}), bad_csv)
-    assert "bad.csv: missing column(s) text" in _error(capsys, bad_csv, out)
+    assert (
+        "bad.csv: no column 'text' (--text-col); the columns are: label, review, is_valid"
+        in _error(capsys, bad_csv, out)
+    )
     assert not out.exists()
 
 

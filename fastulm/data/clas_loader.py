@@ -76,7 +76,9 @@ def sorted_batches(
 
 
 class ClasLoader(EpochLoader):
-    """Yields (x, y): x LongTensor [bs, T] in pad_chunk layout, y LongTensor [bs] labels."""
+    """Yields (x, y): x LongTensor [bs, T] in pad_chunk layout, y LongTensor [bs] labels, or
+    with ``multi_hot`` (a [n_docs, n_classes] 0/1 array, multi-label) y FloatTensor
+    [bs, n_classes]."""
 
     unit = "documents"
 
@@ -93,6 +95,7 @@ class ClasLoader(EpochLoader):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool | None = None,
+        multi_hot: np.ndarray | None = None,
     ) -> None:
         if bs < 1 or bptt < 1:
             raise ValueError(f"bs and bptt must be positive, got bs={bs}, bptt={bptt}")
@@ -112,6 +115,11 @@ class ClasLoader(EpochLoader):
         self._offsets = np.asarray(split.offsets, dtype=np.int64)
         self._lengths = np.diff(self._offsets)
         self._labels = np.asarray(split.labels, dtype=np.int64)
+        self._multi_hot = None if multi_hot is None else np.asarray(multi_hot, dtype=np.float32)
+        if self._multi_hot is not None and len(self._multi_hot) != len(self._labels):
+            raise ValueError(
+                f"multi_hot has {len(self._multi_hot)} rows for {len(self._labels)} docs"
+            )
         n_unlabelled = int(np.count_nonzero(self._labels < 0))
         if n_unlabelled:
             name = getattr(split, "name", "split")
@@ -152,7 +160,8 @@ class ClasLoader(EpochLoader):
 
     def _batch(self, idx: np.ndarray, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = pad_batch([self._doc(int(i)) for i in idx], self.pad_id, self.bptt, width)
-        return torch.from_numpy(x), torch.from_numpy(self._labels[idx].copy())
+        targets = self._labels if self._multi_hot is None else self._multi_hot
+        return torch.from_numpy(x), torch.from_numpy(targets[idx].copy())
 
     # ---- iteration (EpochLoader) ---------------------------------------------------------
     def _n_batches(self, plan: _Plan) -> int:
@@ -176,8 +185,12 @@ class ClasLoader(EpochLoader):
         if plan.batches:
             for i in plan.batches[0][:n]:
                 toks = self._doc(int(i))[:trunc_at].tolist()
-                label = int(self._labels[i])
-                name = label_names[label] if label_names is not None and label >= 0 else str(label)
+                if self._multi_hot is not None:
+                    on = np.flatnonzero(self._multi_hot[i])
+                    name = ";".join(label_names[c] if label_names else str(c) for c in on)
+                else:
+                    label = int(self._labels[i])
+                    name = label_names[label] if label_names and label >= 0 else str(label)
                 rows.append((" ".join(itos[t] for t in toks), name))
         width = 90
         print(f"{'':>3}  {'text':<{width}}  category")

@@ -1,8 +1,10 @@
 """The token corpus on disk: ``vocab.json``, one Arrow IPC file per split, ``meta.json``.
 
 Each ``<split>.arrow`` is an uncompressed Arrow IPC file with one record batch and the
-columns ``ids: large_list<int32>`` (``xxbos`` first), ``label: int64`` (-1 = none) and
-``id: string``. Opening maps the files and hands out numpy views: nothing is copied, so a
+columns ``ids: large_list<int32>`` (``xxbos`` first), ``label: int64`` (the class id, -1 =
+none) and ``id: string``; a multi-label corpus adds ``labels: large_list<int32>`` (each
+document's class ids, sorted) and its ``label`` is 0 for a labelled document. ``meta.json``
+names the task, the classes in class-id order and the delimiter of multi-label cells. Opening maps the files and hands out numpy views: nothing is copied, so a
 training run pays neither the time nor the memory of loading the corpus.
 
 A corpus is written into a temporary sibling folder, ``meta.json`` last, and renamed into
@@ -36,6 +38,8 @@ except ImportError:  # no flock (Windows): temporaries of killed runs are not sw
 FORMAT = "fastulm-corpus-1"
 PART_FORMAT = "fastulm-part-1"  # a shard's part folder (see parts.py)
 SCHEMA = pa.schema([("ids", pa.large_list(pa.int32())), ("label", pa.int64()), ("id", pa.string())])
+#: a multi-label corpus: each document's class ids (sorted), ``label`` 0 (-1: unlabelled)
+MULTI_SCHEMA = SCHEMA.append(pa.field("labels", pa.large_list(pa.int32())))
 
 
 # ---------------------------------------------------------------- writing
@@ -76,16 +80,29 @@ def string_array(values: Iterable[str]) -> pa.Array:
     raise DataError("document ids too long")
 
 
-def split_batch(
-    values: np.ndarray, offsets: np.ndarray, labels: np.ndarray, doc_ids: Iterable[str] | pa.Array
-) -> pa.RecordBatch:
-    """One split as a record batch, wrapping the numpy buffers without copying them."""
-    ids = pa.LargeListArray.from_arrays(
+def list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
+    """A ``large_list<int32>`` over numpy offsets and values, without copying them."""
+    return pa.LargeListArray.from_arrays(
         numpy_array(offsets, pa.int64()), numpy_array(values, pa.int32())
     )
+
+
+def split_batch(
+    values: np.ndarray,
+    offsets: np.ndarray,
+    labels: np.ndarray,
+    doc_ids: Iterable[str] | pa.Array,
+    label_sets: tuple[np.ndarray, np.ndarray] | None = None,
+) -> pa.RecordBatch:
+    """One split as a record batch, wrapping the numpy buffers without copying them.
+    ``label_sets`` (offsets, class ids) makes it a multi-label split."""
     label = numpy_array(labels, pa.int64())
     doc_ids = doc_ids if isinstance(doc_ids, pa.Array) else string_array(doc_ids)
-    return pa.RecordBatch.from_arrays([ids, label, doc_ids], schema=SCHEMA)
+    columns = [list_array(offsets, values), label, doc_ids]
+    if label_sets is None:
+        return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
+    columns.append(list_array(*label_sets))
+    return pa.RecordBatch.from_arrays(columns, schema=MULTI_SCHEMA)
 
 
 def write_arrow(path: Path, batch: pa.RecordBatch) -> None:
@@ -321,18 +338,20 @@ class Split(Docs):
     name: str
     ids: np.ndarray  # int32, every document's tokens end to end
     offsets: np.ndarray  # int64, n_docs + 1
-    labels: np.ndarray  # int64, -1 = unlabelled
+    labels: np.ndarray  # int64, -1 = unlabelled (multi-label: 0 = labelled)
     doc_ids: pa.Array  # strings
     table: pa.RecordBatch
+    #: multi-label corpora: (offsets int64 [n_docs + 1], class ids int32); else None
+    label_sets: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _read_split(path: Path, name: str) -> Split:
+def _read_split(path: Path, name: str, multi: bool = False) -> Split:
     try:
         reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
         if reader.num_record_batches != 1:
             raise DataError(f"{path}: expected one record batch, found {reader.num_record_batches}")
         batch = reader.get_batch(0)
-        for field in SCHEMA:
+        for field in MULTI_SCHEMA if multi else SCHEMA:
             if batch.schema.field(field.name).type != field.type:
                 raise DataError(f"{path}: column {field.name} is not {field.type}")
         batch.validate()
@@ -345,7 +364,13 @@ def _read_split(path: Path, name: str) -> Split:
     if offsets[0] != 0:
         values, offsets = values[offsets[0] : offsets[-1]], offsets - offsets[0]
     labels = numpy_view(batch.column("label"))
-    return Split(name, values, offsets, labels, batch.column("id"), batch)
+    sets = None
+    if multi:
+        col = batch.column("labels")
+        sets = numpy_view(col.offsets), numpy_view(col.values)
+        if sets[0][0] != 0:
+            sets = sets[0] - sets[0][0], sets[1][sets[0][0] : sets[0][-1]]
+    return Split(name, values, offsets, labels, batch.column("id"), batch, sets)
 
 
 class Corpus:
@@ -360,6 +385,16 @@ class Corpus:
     @property
     def label_names(self) -> list[str]:
         return list(self.meta.get("label_names", []))
+
+    @property
+    def task(self) -> str:
+        """ "single_label" (also every corpus written before tasks), "multi_label" or "none"."""
+        return self.meta.get("task", "single_label")
+
+    @property
+    def label_delim(self) -> str | None:
+        """How the source's multi-label cells were split (None: single-label)."""
+        return self.meta.get("label_delim")
 
     @property
     def split_names(self) -> list[str]:
@@ -393,6 +428,9 @@ class Corpus:
             label = int(data.labels[i])
             text = self.decode(doc[:max_tokens]) + (" ..." if len(doc) > max_tokens else "")
             tag = names[label] if 0 <= label < len(names) else "-"
+            if data.label_sets is not None and label >= 0:
+                offsets, values = data.label_sets
+                tag = ";".join(names[c] for c in values[offsets[i] : offsets[i + 1]]) or "none"
             lines.append(f"[{data.doc_ids[int(i)]}] ({tag}, {len(doc)} tokens) {text}")
         return "\n".join(lines)
 
@@ -412,9 +450,10 @@ def open_corpus(path: str | os.PathLike) -> Corpus:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{meta_path}: not a {FORMAT} corpus")
     vocab = Vocab.load(path / "vocab.json")
+    multi = meta.get("task") == "multi_label"
     splits = {}
     for name, counts in meta.get("splits", {}).items():
-        split = _read_split(path / f"{name}.arrow", name)
+        split = _read_split(path / f"{name}.arrow", name, multi)
         if len(split) != counts["docs"] or len(split.ids) != counts["tokens"]:
             raise DataError(
                 f"{path / (name + '.arrow')}: holds {len(split)} docs / {len(split.ids)} tokens,"
@@ -447,4 +486,16 @@ def _check_values(path: Path, split: Split, n_vocab: int, label_names: list | No
             raise DataError(
                 f"{path}: damaged: label {labels[row]} of document {row} is neither -1 nor"
                 f" one of the {n} label names"
+            )
+    if split.label_sets is not None:
+        offsets, values = split.label_sets
+        n = len(label_names or [])
+        if len(offsets) != len(labels) + 1 or (np.diff(offsets) < 0).any():
+            raise DataError(f"{path}: damaged: column labels does not fit the documents")
+        if len(values) and (values.min() < 0 or values.max() >= n):
+            pos = int(np.flatnonzero((values < 0) | (values >= n))[0])
+            doc = int(np.searchsorted(offsets, pos, side="right")) - 1
+            raise DataError(
+                f"{path}: damaged: class id {values[pos]} of document {doc} is not one of the"
+                f" {n} label names"
             )

@@ -20,14 +20,16 @@ from fastulm.data import DataError
 from fastulm.data.corpus import (
     PART_FORMAT,
     OutputDir,
+    list_array,
     numpy_array,
     numpy_view,
     string_array,
     write_arrow,
     write_json,
 )
+from fastulm.data.labels import Coder
 from fastulm.data.pipeline import Collector, VocabOptions, collect, finish
-from fastulm.data.sources import open_source
+from fastulm.data.sources import SourceOptions, open_source
 
 PART_SCHEMA = pa.schema(
     [
@@ -51,12 +53,13 @@ def tokenize_shard(
     sha256: str | None = None,
     tokenizer_factory: Callable | None = None,
     check: Callable[[], None] | None = None,
+    source_options: SourceOptions | None = None,
 ) -> Path:
     """Tokenize every ``num_shards``-th document (from ``shard_index``) into a part folder."""
     if not 0 <= shard_index < num_shards:
         raise DataError(f"--shard-index must be in 0..{num_shards - 1}, got {shard_index}")
     with OutputDir(out, force, sources=[src], what="part") as target:
-        source = open_source(src, cache_dir=cache_dir, sha256=sha256)
+        source = open_source(src, cache_dir=cache_dir, sha256=sha256, options=source_options)
         collector = collect(
             source, workers, num_shards, shard_index, progress, tokenizer_factory, check
         )
@@ -78,17 +81,22 @@ def _write_part(collector: Collector, target: OutputDir, num_shards: int, shard_
     offsets = np.zeros(len(sizes) + 1, np.int64)
     np.cumsum(sizes, out=offsets[1:])
     counts = np.bincount(stream, minlength=len(tokens_list)).astype(np.int64)
-    docs = pa.RecordBatch.from_arrays(
-        [
-            pa.LargeListArray.from_arrays(
-                numpy_array(offsets, pa.int64()), numpy_array(stream, pa.int32())
-            ),
-            numpy_array(np.asarray(collector.labels, np.int64)[perm], pa.int64()),
-            string_array(collector.doc_ids[p] for p in perm),
-            string_array(collector.doc_splits[p] for p in perm),
-        ],
-        schema=PART_SCHEMA,
-    )
+    labels = [collector.labels[p] for p in perm.tolist()]
+    multi = collector.plan.get("task") == "multi_label"
+    columns = [
+        list_array(offsets, stream),
+        numpy_array(np.array([-2 if isinstance(x, tuple) else x for x in labels]), pa.int64()),
+        string_array(collector.doc_ids[p] for p in perm),
+        string_array(collector.doc_splits[p] for p in perm),
+    ]
+    if multi:  # label -2: the document's classes are in ``labels``
+        sets = [x if isinstance(x, tuple) else () for x in labels]
+        set_offsets = np.zeros(len(sets) + 1, np.int64)
+        np.cumsum([len(x) for x in sets], out=set_offsets[1:])
+        values = np.fromiter((c for x in sets for c in x), np.int32, int(set_offsets[-1]))
+        columns.append(list_array(set_offsets, values))
+    schema = PART_SCHEMA.append(pa.field("labels", pa.large_list(pa.int32()))) if multi else None
+    docs = pa.RecordBatch.from_arrays(columns, schema=schema or PART_SCHEMA)
     tokens = pa.RecordBatch.from_arrays(
         [string_array(tokens_list), numpy_array(counts, pa.int64())], names=["token", "count"]
     )
@@ -99,6 +107,7 @@ def _write_part(collector: Collector, target: OutputDir, num_shards: int, shard_
         "source": collector.source,
         "splits": list(collector.splits),
         "label_names": collector.label_names,
+        "plan": collector.plan,
         "sort_by": collector.sort_by,
         "docs": collector.n_docs,
         "non_utf8": sorted(collector.non_utf8),
@@ -153,26 +162,32 @@ def _collect_parts(parts: Sequence[str | os.PathLike]) -> Collector:
             + (f"missing shard(s) {missing}" if missing else f"shard indices {got}")
         )
     for path, m, _, _ in read:
-        for key in ("num_shards", "source", "splits", "label_names", "sort_by"):
-            if m[key] != first[key]:
-                raise DataError(f"{path}: {key} differs from {read[0][0]} ({m[key]!r})")
-    collector = Collector(
-        first["source"], tuple(first["splits"]), first["label_names"], first["sort_by"]
-    )
+        for key in ("num_shards", "source", "splits", "sort_by", "plan"):
+            if m.get(key) != first.get(key):
+                raise DataError(f"{path}: {key} differs from {read[0][0]} ({m.get(key)!r})")
+    plan = dict(first.get("plan") or {})
+    # An archive's parts each number the classes they saw first-come: renumber to the union
+    # (put in class order by finish); a table's or folder's parts all have the same names.
+    coder = Coder()
+    if any(m["label_names"] != first["label_names"] for _, m, _, _ in read):
+        plan["labels_sorted"] = False
+    collector = Collector(first["source"], tuple(first["splits"]), [], first["sort_by"], plan=plan)
     for path, m, tokens, docs in read:
+        lut = [coder(n) for n in m["label_names"]]
+        labels = docs.column("label").to_pylist()
+        if "labels" in docs.schema.names:
+            sets = docs.column("labels").to_pylist()
+            labels = [tuple(lut[c] for c in s) if x == -2 else x for x, s in zip(labels, sets)]
+        else:
+            labels = [lut[x] if x >= 0 else x for x in labels]
         collector.add_tokens(path, 0, tokens.column("token").to_pylist())
         col = docs.column("ids")
         collector.add_docs(
             path,
             numpy_view(col.values),
             np.diff(numpy_view(col.offsets)),
-            list(
-                zip(
-                    docs.column("label").to_pylist(),
-                    docs.column("split").to_pylist(),
-                    docs.column("id").to_pylist(),
-                )
-            ),
+            list(zip(labels, docs.column("split").to_pylist(), docs.column("id").to_pylist())),
         )
         collector.non_utf8.extend(m["non_utf8"])
+    collector.label_names = coder.names
     return collector

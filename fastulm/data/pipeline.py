@@ -37,7 +37,8 @@ from fastulm.data.corpus import (
     string_array,
     write_corpus,
 )
-from fastulm.data.sources import RawRecord, Source, decode_text, open_source
+from fastulm.data.labels import check_labels, class_order, random_valid
+from fastulm.data.sources import RawRecord, Source, SourceOptions, decode_text, open_source
 from fastulm.data.vocab import Vocab, make_itos
 
 _BATCH_BYTES = 1 << 19
@@ -199,6 +200,8 @@ class Collector:
     doc_splits: list[str] = field(default_factory=list)
     doc_ids: list[str] = field(default_factory=list)
     non_utf8: list[str] = field(default_factory=list)
+    #: the source's task, label delimiter, text columns, split options (Source.plan)
+    plan: dict = field(default_factory=dict)
 
     @property
     def tokens(self) -> list[str]:
@@ -231,7 +234,7 @@ class Collector:
         self._chunks.append(np.take(m.data[: m.size], ids))
         self._lengths.append(np.asarray(lengths, np.int64))
         for label, split, doc_id in records:
-            self.labels.append(label)
+            self.labels.append(label)  # a class id, or a tuple of them (multi-label)
             self.doc_splits.append(split)
             self.doc_ids.append(doc_id)
         self.non_utf8.extend(records[j][2] for j in bad)
@@ -270,6 +273,79 @@ class Collector:
         return Canonical(src, doc_start, doc_len, perms, names)
 
 
+def _class_ids(collector: Collector) -> tuple[list[str], list]:
+    """Class names in class-id order and every document's label(s) renumbered to it.
+
+    Sources that know their classes up front give them in order already; an archive's are
+    in first-seen order, put in fastai's order (sorted) here, unused ones left out."""
+    names, labels = list(collector.label_names), collector.labels
+    if collector.plan.get("labels_sorted", True) or not names:
+        return names, labels
+    used = sorted({c for x in labels for c in (x if isinstance(x, tuple) else (x,)) if c >= 0})
+    order = [used[k] for k in class_order([names[c] for c in used])]
+    lut = dict(zip(order, range(len(order))))
+    new = [
+        tuple(sorted(lut[c] for c in x)) if isinstance(x, tuple) else lut.get(x, -1) for x in labels
+    ]
+    return [names[c] for c in order], new
+
+
+def _label_sets(labels: list, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, class ids) of the multi-label documents ``docs`` (an unlabelled one: none)."""
+    picked = [labels[d] if isinstance(labels[d], tuple) else () for d in docs.tolist()]
+    offsets = np.zeros(len(picked) + 1, np.int64)
+    np.cumsum([len(x) for x in picked], out=offsets[1:])
+    values = np.fromiter((c for x in picked for c in x), np.int32, int(offsets[-1]))
+    return offsets, values
+
+
+def _final_splits(collector: Collector, canon: Canonical, task: str, names, labels) -> dict:
+    """The splits as written: ``valid_pct`` of ``train`` moved to ``valid`` (seeded), the
+    labels checked (check_labels) and unlabelled documents left out if asked."""
+    plan = collector.plan
+    where = str(collector.source.get("path"))
+    perms = dict(canon.perms)
+    pct = plan.get("valid_pct")
+    if pct is not None:
+        given = [s for s in ("valid", "test") if s in perms]
+        if given:
+            raise DataError(
+                f"{where}: has {given[0]} documents already; --valid-pct is for sources without"
+            )
+        if "train" not in perms:
+            raise DataError(f"{where}: no training documents to take --valid-pct from")
+        train = perms["train"]
+        valid = random_valid(len(train), pct, plan.get("seed") or 0, where)
+        perms["train"], perms["valid"] = train[~valid], train[valid]
+    rank = {s: i for i, s in enumerate(collector.splits)}
+    perms = {s: perms[s] for s in sorted(perms, key=rank.__getitem__) if len(perms[s])}
+    order = np.concatenate(list(perms.values()))
+    split_of = np.repeat(np.array(list(perms), dtype=object), [len(p) for p in perms.values()])
+    if task == "multi_label":
+        flat = np.zeros(len(order), np.int64)
+        sets = _label_sets(labels, order)
+    else:
+        flat = np.asarray(labels, np.int64)[order]
+        sets = None
+    what = "row" if collector.sort_by == "row" else "file"
+    keep = check_labels(
+        where,
+        what,
+        task,
+        names,
+        split_of.astype(str),
+        canon.names[order],
+        flat,
+        sets,
+        drop=bool(plan.get("drop_unlabelled")),
+    )
+    if keep is not None:
+        bounds = np.cumsum([0] + [len(p) for p in perms.values()])
+        perms = {s: p[keep[bounds[i] : bounds[i + 1]]] for i, (s, p) in enumerate(perms.items())}
+        perms = {s: p for s, p in perms.items() if len(p)}
+    return perms
+
+
 def finish(
     collector: Collector,
     out: str | os.PathLike | OutputDir,
@@ -280,13 +356,21 @@ def finish(
     """Vocab, numericalization and the corpus files from everything collected."""
     if collector.n_docs == 0:
         raise DataError(f"{collector.source.get('path')}: no documents")
-    vocab_from = list(options.vocab_from or collector.splits)
-    for s in vocab_from:
-        if s not in collector.splits:
-            raise DataError(
-                f"--vocab-from: no split {s!r} in this source (has {', '.join(collector.splits)})"
-            )
+    plan = collector.plan
     canon = collector.canonical()
+    names, labels = _class_ids(collector)
+    task = plan.get("task", "single_label")
+    if task == "single_label" and not names:
+        task = "none"  # an archive of unlabelled texts only
+    n_before = sum(len(p) for p in canon.perms.values())
+    canon.perms = _final_splits(collector, canon, task, names, labels)
+    dropped = plan.get("dropped", 0) + n_before - sum(len(p) for p in canon.perms.values())
+    vocab_from = list(options.vocab_from or canon.perms)
+    for s in vocab_from:
+        if s not in canon.perms:
+            raise DataError(
+                f"--vocab-from: no split {s!r} in this source (has {', '.join(canon.perms)})"
+            )
     tokens = collector.tokens
     n_union = len(tokens)
     if options.vocab_path:
@@ -318,7 +402,15 @@ def finish(
         u = index.get(tok)
         if u is not None:
             lut[u] = i
-    labels = np.asarray(collector.labels, np.int64)
+    if task == "multi_label":  # 0: labelled (any number of classes), -1: unlabelled
+        label_col = np.array([0 if isinstance(x, tuple) else -1 for x in labels], np.int64)
+    else:
+        label_col = np.asarray(labels, np.int64)
+    # a document with no text is xxbos alone (with several text columns: xxbos and the
+    # fields' xxfld markers, two tokens each)
+    n_fields = len(plan.get("text_cols") or [None])
+    empty_len = 1 + 2 * n_fields if n_fields > 1 else 1
+    empty = {s: int((canon.doc_len[p] == empty_len).sum()) for s, p in canon.perms.items()}
 
     check = check or (lambda: None)
 
@@ -326,10 +418,9 @@ def finish(
         for s, perm in canon.perms.items():  # one split in memory at a time
             check()
             ids, offsets = canon.gather(s, lut)
-            yield (
-                s,
-                split_batch(ids, offsets, labels[perm], string_array(canon.names[perm].tolist())),
-            )
+            sets = _label_sets(labels, perm) if task == "multi_label" else None
+            doc_ids = string_array(canon.names[perm].tolist())
+            yield s, split_batch(ids, offsets, label_col[perm], doc_ids, sets)
         check()  # last chance to stop before the corpus is renamed into place
 
     from fastulm import __version__
@@ -339,7 +430,14 @@ def finish(
         "fastulm_version": __version__,
         "source": collector.source,
         "options": options.describe(),
-        "label_names": collector.label_names,
+        "task": task,
+        "label_names": names,
+        "label_delim": plan.get("label_delim") if task == "multi_label" else None,
+        "text_cols": plan.get("text_cols"),
+        "valid_pct": plan.get("valid_pct"),
+        "seed": plan.get("seed"),
+        "dropped_unlabelled": dropped,
+        "empty_texts": empty,
         "non_utf8_files": len(non_utf8),
         "non_utf8_examples": non_utf8[:20],
     }
@@ -385,26 +483,80 @@ def _widen_pipes(pool) -> None:
     try:
         import fcntl
 
-        for conn in (pool._outqueue._reader, pool._inqueue._writer):
+        for conn in (pool._result_queue._reader, pool._call_queue._writer):
             fcntl.fcntl(conn.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
     except (ImportError, AttributeError, OSError):
         pass
 
 
-def _shared(tasks: Iterator[tuple], pool, n_children: int) -> Iterator[tuple]:
+def _start_pool(factory: Callable, n_children: int):
+    """``n_children`` worker processes, started now so that their start-up (imports,
+    numba's cached kernels) overlaps the parent's.
+
+    They are spawned, not forked: by now the parent runs threads (numpy's BLAS, pyarrow's
+    allocator), and a child forked from a process with threads can deadlock (Python 3.12
+    warns). A ProcessPoolExecutor notices a child that dies (killed, out of memory) and
+    fails its batches, where a multiprocessing.Pool would wait for them for ever."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(
+        n_children, mp.get_context("spawn"), initializer=_worker_init, initargs=(factory, True)
+    )
+    for _ in range(n_children):  # one process is started per task while none is idle
+        pool.submit(int)
+    _widen_pipes(pool)
+    return pool, list(pool._processes.values())
+
+
+def _stop_pool(pool, procs: list) -> None:
+    """Stop the children at once (an error or Ctrl-C in the parent): nothing waits on them."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        p.join(5)
+
+
+def _worker_died(procs: list) -> ChildProcessError:
+    """One line on the child that died (an OSError, so the CLI prints it as such)."""
+    for p in procs:
+        p.join(1)  # its exit code, once reaped
+    dead = [p for p in procs if p.exitcode not in (None, 0)]
+    how = "died"
+    if dead:
+        code = dead[0].exitcode
+        how = f"(pid {dead[0].pid}) " + (
+            f"was killed by {signal.Signals(-code).name}"
+            + (" (out of memory?)" if code == -signal.SIGKILL else "")
+            if code < 0
+            else f"exited with status {code}"
+        )
+    return ChildProcessError(f"a tokenizer worker process {how}; nothing written")
+
+
+def _shared(tasks: Iterator[tuple], pool, n_children: int, procs: list) -> Iterator[tuple]:
     """Results of every task, in no set order. The parent is one of the workers: it keeps
     each child four batches ahead and tokenizes the next batch itself while they work, so
-    one core is not spent on passing half the data through pipes."""
+    one core is not spent on passing half the data through pipes. A child that dies, or
+    runs out of memory, is one ChildProcessError."""
+    from concurrent.futures.process import BrokenProcessPool
+
     pending: deque = deque()
-    for task in tasks:
-        while pending and pending[0].ready():
-            yield pending.popleft().get()
-        if len(pending) < 4 * n_children:
-            pending.append(pool.apply_async(_worker_run, (task,)))
-        else:
-            yield _worker_run(task)
-    while pending:
-        yield pending.popleft().get()
+    try:
+        for task in tasks:
+            while pending and pending[0].done():
+                yield pending.popleft().result()
+            if len(pending) < 4 * n_children:
+                pending.append(pool.submit(_worker_run, task))
+            else:
+                yield _worker_run(task)
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool:
+        raise _worker_died(procs) from None
+    except MemoryError:
+        raise ChildProcessError("a tokenizer worker ran out of memory; nothing written") from None
 
 
 class _Progress:
@@ -465,6 +617,7 @@ def collect(
         source.splits,
         source.label_names,
         source.sort_by,
+        plan=source.plan(),
     )
     meta: dict[int, list] = {}
     from_file = source.sort_by == "id"
@@ -472,16 +625,10 @@ def collect(
     tasks = _batches(records, meta, from_file, source.file_paths)
     total = None if source.n_docs is None else len(range(shard_index, source.n_docs, num_shards))
     pool = None
-    _worker_init(factory)
     if workers > 1:
-        _TOKENIZER.encode("Warm up the tokenizer, once.")  # forked workers inherit it warm
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-        pool = ctx.Pool(workers - 1, initializer=_worker_init, initargs=(factory, True))
-        _widen_pipes(pool)
-        results = _shared(tasks, pool, workers - 1)
-    else:
-        results = map(_worker_run, tasks)
+        pool, procs = _start_pool(factory, workers - 1)
+    _worker_init(factory)
+    results = map(_worker_run, tasks) if pool is None else _shared(tasks, pool, workers - 1, procs)
     bar = _Progress(total, source.read_fraction, progress)
     try:
         for index, pid, start, new, ids, lengths, bad in results:
@@ -492,17 +639,18 @@ def collect(
                 check()
         bar.done()
         if pool is not None:
-            pool.close()
-            pool.join()
+            pool.shutdown()
+            pool = None
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
+            _stop_pool(pool, procs)
+    collector.label_names = list(source.label_names)  # an archive's grow as it is read
     return collector
 
 
 def tokenize_source(
-    src: str | os.PathLike,
+    src: str | os.PathLike | Source,
     out: str | os.PathLike,
     options: VocabOptions | None = None,
     workers: int | None = None,
@@ -512,9 +660,11 @@ def tokenize_source(
     sha256: str | None = None,
     tokenizer_factory: Callable | None = None,
     check: Callable[[], None] | None = None,
+    source_options: SourceOptions | None = None,
 ) -> Path:
     """``python -m fastulm.tokenize SRC OUT``: the whole job in one process tree.
 
+    ``src`` is a path or URL (opened with ``source_options``) or an opened ``Source``.
     ``check`` is called between batches and before each file is written; it raises to stop
     the run (the CLI's Ctrl-C/SIGTERM handling), leaving no output behind."""
     options = options or VocabOptions()
@@ -523,8 +673,13 @@ def tokenize_source(
     t0 = time.perf_counter()
     # Claim OUT first (refused before any work if it may not be replaced): the run writes
     # under a temporary name for its whole length.
-    with OutputDir(out, force, sources=[src]) as target:
-        source = open_source(src, cache_dir=cache_dir, sha256=sha256)
+    opened = isinstance(src, Source)
+    with OutputDir(out, force, sources=[] if opened else [src]) as target:
+        source = (
+            src
+            if opened
+            else open_source(src, cache_dir=cache_dir, sha256=sha256, options=source_options)
+        )
         collector = collect(
             source, workers, progress=progress, tokenizer_factory=tokenizer_factory, check=check
         )

@@ -1,23 +1,29 @@
-"""Where reviews come from: an aclImdb folder, its .tar.gz, a CSV or a Parquet file.
+"""Where documents come from: a folder of classes (aclImdb's layout), its .tar.gz, or a
+table (CSV, TSV, JSONL, Parquet; see frame.py).
 
-Every source yields records ``(text, label, split, id)``. Only review files are read: the
-``*.txt`` files inside the class folders (``train/neg``, ``test/pos``, ``train/unsup``,
-``unsup`` ...); ``urls_*.txt``, ``README``, ``imdb.vocab`` and anything else are ignored.
-Archives are streamed member by member and never extracted, so no member name can write
-anywhere (path traversal is impossible by construction; odd names are simply skipped).
+Every source yields records ``(text, label, split, id)``. In a folder only the ``*.txt``
+files inside the class folders are read (``train/<class>``, ``valid/<class>``,
+``test/<class>``, and ``train/unsup`` or ``unsup`` for unlabelled texts); ``urls_*.txt``,
+``README``, ``imdb.vocab`` and anything else are ignored. Archives are streamed member by
+member and never extracted, so no member name can write anywhere (path traversal is
+impossible by construction; odd names are simply skipped).
 """
 
 from __future__ import annotations
 
 import lzma
 import os
+import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from fastulm.data import DataError
+from fastulm.data.labels import Coder, check_labels
 from fastulm.data.tar import (
     BLOCK,
     Stream,
@@ -29,16 +35,84 @@ from fastulm.data.tar import (
 )
 
 IMDB_SPLITS = ("train", "test", "unsup")
+FOLDER_SPLITS = ("train", "valid", "test", "unsup")
 TABLE_SPLITS = ("train", "valid")
 IMDB_LABELS = ["neg", "pos"]
-_CLASS_DIRS = {"neg": 0, "pos": 1}
+TABLE_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+class OptionError(DataError):
+    """Options that do not fit together or do not fit the source: a usage error."""
+
+
+@dataclass
+class SourceOptions:
+    """Which columns (tables) or names (folders) hold what. ``None`` keeps today's defaults:
+    text in ``text``, labels in ``label`` (none: an unlabelled corpus), the split in
+    ``is_valid`` (none: every row is training)."""
+
+    text_cols: Sequence[str] | None = None
+    label_col: str | None = None
+    valid_col: str | None = None
+    valid_pct: float | None = None
+    seed: int = 0
+    label_delim: str | None = None
+    label_regex: str | None = None
+    drop_unlabelled: bool = False
+
+    def check(self, kind: str) -> None:
+        """Usage errors, before any work."""
+        p = self.valid_pct
+        if p is not None and not 0 < p < 1:
+            raise OptionError(f"--valid-pct must be between 0 and 1 (exclusive), got {p}")
+        table = kind in TABLE_SUFFIXES.values() or kind == "frame"
+        if table:
+            if self.label_regex is not None:
+                raise OptionError("--label-regex reads file names: only for folders and archives")
+            if p is not None and self.valid_col is not None:
+                raise OptionError("--valid-col and --valid-pct exclude each other")
+            if self.text_cols is not None and not list(self.text_cols):
+                raise OptionError("--text-col: give at least one column")
+        else:
+            given = [
+                flag
+                for flag, v in (
+                    ("--text-col", self.text_cols),
+                    ("--label-col", self.label_col),
+                    ("--valid-col", self.valid_col),
+                    ("--label-delim", self.label_delim),
+                )
+                if v is not None
+            ]
+            if given:
+                raise OptionError(f"{given[0]} is for tables (CSV, TSV, JSONL, Parquet)")
+        if self.label_delim == "":
+            raise OptionError("--label-delim must not be empty")
+        if self.label_regex is not None:
+            try:
+                groups = re.compile(self.label_regex).groups
+            except re.error as err:
+                raise OptionError(f"--label-regex {self.label_regex!r}: {err}") from None
+            if groups < 1:
+                raise OptionError(
+                    f"--label-regex {self.label_regex!r} needs a group, such as '_(\\d+)\\.txt$'"
+                )
 
 
 class Record(NamedTuple):
-    """One document. ``label`` is -1 when unlabelled."""
+    """One document. ``label`` is -1 when unlabelled; a multi-label source gives a tuple of
+    class ids instead."""
 
     text: str
-    label: int
+    label: int | tuple[int, ...]
     split: str
     id: str
 
@@ -48,7 +122,7 @@ class RawRecord(NamedTuple):
     source with ``file_paths`` gives paths as str)."""
 
     data: str | bytes | Path
-    label: int
+    label: int | tuple[int, ...]
     split: str
     id: str
 
@@ -91,17 +165,22 @@ def decode_text(
     return text, bad
 
 
-def review_key(parts: list[str]) -> tuple[str, int] | None:
-    """(split, label) of a path relative to the dataset root, or None if not a review."""
+FOLDER_HELP = "expected train/<class>/*.txt with valid/<class>/ or test/<class>/, or unsup/*.txt"
+
+
+def review_key(parts: list[str]) -> tuple[str, str | None] | None:
+    """(split, class) of a path relative to the dataset root, or None if not a document.
+    The class is None for unlabelled texts (``train/unsup``, ``unsup``)."""
     if not parts[-1].endswith(".txt") or len(parts[-1]) == 4:
         return None
-    if len(parts) == 3 and parts[0] in ("train", "test"):
-        if parts[1] in _CLASS_DIRS:
-            return parts[0], _CLASS_DIRS[parts[1]]
-        if parts[0] == "train" and parts[1] == "unsup":
-            return "unsup", -1
+    if len(parts) == 3 and parts[0] in ("train", "valid", "test"):
+        if parts[1] == "unsup":
+            return ("unsup", None) if parts[0] == "train" else None
+        if parts[1].startswith("."):
+            return None
+        return parts[0], parts[1]
     if len(parts) == 2 and parts[0] == "unsup":
-        return "unsup", -1
+        return "unsup", None
     return None
 
 
@@ -121,6 +200,29 @@ class Source:
     file_paths: bool = False
     #: for sources of unknown size: how much of the input has been read (0..1), for an ETA
     read_fraction: Callable[[], float] | None = field(default=None, repr=False)
+    #: "single_label", "multi_label" or "none"
+    task: str = "single_label"
+    label_delim: str | None = None
+    text_cols: list[str] | None = None
+    #: label_names already in class-id order (False: first-seen order, sorted at the end)
+    labels_sorted: bool = True
+    options: SourceOptions = field(default_factory=SourceOptions)
+    #: documents left out for want of a label (``drop_unlabelled``) before tokenizing
+    dropped: int = 0
+
+    def plan(self) -> dict:
+        """What the corpus is made of besides the texts (kept in a part's part.json)."""
+        o = self.options
+        return {
+            "task": self.task,
+            "label_delim": self.label_delim,
+            "text_cols": self.text_cols,
+            "labels_sorted": self.labels_sorted,
+            "valid_pct": o.valid_pct,
+            "seed": o.seed if o.valid_pct is not None else None,
+            "drop_unlabelled": o.drop_unlabelled,
+            "dropped": self.dropped,
+        }
 
     def raw_records(self, num_shards: int = 1, shard_index: int = 0) -> Iterator[RawRecord]:
         """Records in the source's natural order; with shards, those whose ordinal % K == i."""
@@ -136,107 +238,184 @@ class Source:
 
 
 def open_source(
-    src: str | os.PathLike, cache_dir: str | os.PathLike | None = None, sha256: str | None = None
+    src: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    sha256: str | None = None,
+    options: SourceOptions | None = None,
 ) -> Source:
-    """Recognise ``src`` (folder, archive, CSV, Parquet or http(s) URL) and check its layout."""
+    """Recognise ``src`` (folder, archive, CSV, TSV, JSONL, Parquet or http(s) URL) and
+    check its layout and labels."""
+    options = options or SourceOptions()
     s = str(src)
     if s.startswith(("http://", "https://")):
         from fastulm.data.download import fetch
 
         local = fetch(s, cache_dir=cache_dir, sha256=sha256)
-        source = open_source(local)
+        source = open_source(local, options=options)
         source.path = s
         return source
     path = Path(src)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
-        return _open_folder(path)
+        options.check("folder")
+        return _open_folder(path, options)
     suffix = "".join(path.suffixes[-2:]).lower()
-    if path.suffix.lower() == ".csv":
-        return _open_table(path, "csv")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return _open_table(path, "parquet")
+    kind = TABLE_SUFFIXES.get(path.suffix.lower())
+    if kind is not None:
+        from fastulm.data.frame import open_table
+
+        options.check(kind)
+        return open_table(path, kind, options)
     if archive_format(path) is not None:
-        return _open_archive(path)
+        options.check("archive")
+        return _open_archive(path, options)
     raise DataError(
-        f"{path}: not a folder, .tar(.gz) archive, .csv or .parquet file (suffix {suffix!r})"
+        f"{path}: not a folder, .tar(.gz) archive, .csv, .tsv, .jsonl or .parquet file"
+        f" (suffix {suffix!r})"
     )
+
+
+def _file_label(options: SourceOptions) -> Callable[[str, str], str | None]:
+    """A document's class from its folder's class, or with ``label_regex`` from the first
+    group of a search in its file name (None: no match)."""
+    if options.label_regex is None:
+        return lambda cls, name: cls
+    search = re.compile(options.label_regex).search
+
+    def label(cls: str, name: str) -> str | None:
+        m = search(name)
+        return None if m is None else m.group(1)
+
+    return label
 
 
 # ---------------------------------------------------------------- folders
 
 
 def _find_root(path: Path) -> Path | None:
-    """The folder holding train/ test/ unsup/, which is ``path`` or its only subfolder."""
-    if any((path / s).is_dir() for s in IMDB_SPLITS):
+    """The folder holding train/ test/ unsup/ ..., which is ``path`` or its only subfolder."""
+    if any((path / s).is_dir() for s in FOLDER_SPLITS):
         return path
     subdirs = [p for p in path.iterdir() if p.is_dir()]
-    if len(subdirs) == 1 and any((subdirs[0] / s).is_dir() for s in IMDB_SPLITS):
+    if len(subdirs) == 1 and any((subdirs[0] / s).is_dir() for s in FOLDER_SPLITS):
         return subdirs[0]
     return None
 
 
-def _open_folder(path: Path) -> Source:
+def _txt_names(folder: Path) -> list[str]:
+    with os.scandir(folder) as it:
+        names = [e.name for e in it if e.name.endswith(".txt") and len(e.name) > 4 and e.is_file()]
+    names.sort()
+    return names
+
+
+def _open_folder(path: Path, options: SourceOptions) -> Source:
     try:
         if not any(path.iterdir()):
             raise DataError(f"{path}: empty folder")
         root = _find_root(path)
+        if root is None:
+            raise DataError(f"{path}: no review files ({FOLDER_HELP})")
+        # (split, class) follow from the folder: each folder's names are sorted once, and
+        # the folders put in canonical order (split, then path)
+        groups = []
+        for split in ("train", "valid", "test"):
+            top = root / split
+            if not top.is_dir():
+                continue
+            with os.scandir(top) as it:
+                subdirs = sorted(e.name for e in it if e.is_dir())
+            for sub in subdirs:
+                key = review_key([split, sub, "0_0.txt"])
+                names = _txt_names(top / sub) if key is not None else []
+                if names:
+                    groups.append((f"{split}/{sub}", *key, names))
+        if (root / "unsup").is_dir():
+            groups.append(("unsup", "unsup", None, _txt_names(root / "unsup")))
     except PermissionError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
-    if root is None:
-        raise DataError(
-            f"{path}: no review files (expected train/{{neg,pos}}/*.txt, test/{{neg,pos}}/*.txt"
-            " or unsup/*.txt)"
+    groups = [g for g in groups if g[-1]]
+    rank = {s: i for i, s in enumerate(FOLDER_SPLITS)}
+    groups.sort(key=lambda g: (rank[g[1]], g[0]))
+    labelled = [g for g in groups if g[2] is not None]
+    no_classes = not any(g[1] == "train" for g in labelled)
+    flat = (root / "train").is_dir() and any(  # texts right in train/ (aclImdb keeps urls there)
+        not n.startswith("urls_") for n in _txt_names(root / "train")
+    )
+    if no_classes and (labelled or flat):
+        raise DataError(f"{root / 'train'}: no class subfolders (expected train/<class>/*.txt)")
+    if not groups:
+        raise DataError(f"{path}: no review files ({FOLDER_HELP})")
+    has_valid = any(g[1] in ("valid", "test") for g in groups)
+    if options.valid_pct is not None and has_valid:
+        raise OptionError(
+            f"{path}: has a valid/ or test/ folder already; --valid-pct is for folders without"
         )
-    # (split, label) follow from the folder: each folder's names are sorted once, and the
-    # folders put in canonical order (split, then path)
-    groups = []
-    for rel_dir in ("train/neg", "train/pos", "train/unsup", "test/neg", "test/pos", "unsup"):
-        folder = root / rel_dir
-        key = review_key([*rel_dir.split("/"), "0_0.txt"])
-        if key is None or not folder.is_dir():
-            continue
-        with os.scandir(folder) as it:
-            names = [
-                e.name for e in it if e.name.endswith(".txt") and len(e.name) > 4 and e.is_file()
-            ]
-        names.sort()
-        groups.append((IMDB_SPLITS.index(key[0]), rel_dir, str(folder), *key, names))
-    groups.sort(key=lambda g: g[:2])
-    n_files = sum(len(g[-1]) for g in groups)
-    if not n_files:
-        raise DataError(f"{path}: no review files (*.txt inside train/neg, train/pos, ...)")
+    # class codes in fastai's order: sorted class (or regex) names; per folder, not per
+    # file, unless the class comes from the file name
+    label_of = _file_label(options)
+    found = [
+        [None] * len(names)
+        if cls is None
+        else [label_of(cls, n) for n in names]
+        if options.label_regex
+        else [cls] * len(names)
+        for _, _, cls, names in groups
+    ]
+    label_names = sorted({x for f in found for x in set(f) if x is not None})
+    code = {n: i for i, n in enumerate(label_names)}
+    codes = [[-1 if x is None else code[x] for x in f] for f in found]
+    sizes = [len(g[-1]) for g in groups]
+    splits = np.repeat(np.array([g[1] for g in groups]), sizes)
+    task = "single_label" if labelled else "none"
+    keep = check_labels(
+        str(path),
+        "file",
+        task,
+        label_names,
+        splits,
+        lambda: np.array([f"{g[0]}/{n}" for g in groups for n in g[-1]]),
+        np.concatenate([np.asarray(c, np.int64) for c in codes]),
+        drop=options.drop_unlabelled,
+    )
+    kept = None if keep is None else np.split(keep, np.cumsum(sizes)[:-1])
 
     def reader() -> Iterator[RawRecord]:
-        for _, rel_dir, folder, split, label, names in groups:
-            for name in names:
-                yield RawRecord(f"{folder}/{name}", label, split, f"{rel_dir}/{name}")
+        for k, (rel_dir, split, _, names) in enumerate(groups):
+            folder = str(root / rel_dir)
+            for j, (name, c) in enumerate(zip(names, codes[k])):
+                if kept is None or kept[k][j]:
+                    yield RawRecord(f"{folder}/{name}", c, split, f"{rel_dir}/{name}")
 
+    dropped = 0 if keep is None else int((~keep).sum())
     return Source(
         str(path),
         "imdb-folder",
-        IMDB_SPLITS,
-        list(IMDB_LABELS),
+        FOLDER_SPLITS,
+        label_names,
         "id",
-        n_files,
+        sum(sizes) - dropped,
         reader,
         file_paths=True,
+        task=task,
+        options=options,
+        dropped=dropped,
     )
 
 
 # ---------------------------------------------------------------- archives
 
 
-def archive_review_key(name: str) -> tuple[str, str, int] | None:
-    """(id, split, label) of an archive member, or None. The top folder (``aclImdb/``) is
+def archive_review_key(name: str) -> tuple[str, str, str | None] | None:
+    """(id, split, class) of an archive member, or None. The top folder (``aclImdb/``) is
     dropped; absolute names and names with ``..`` are never reviews."""
     if name.startswith("/"):
         return None
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         return None
-    if parts[0] not in IMDB_SPLITS and len(parts) > 1:
+    if parts[0] not in FOLDER_SPLITS and len(parts) > 1:
         parts = parts[1:]
     key = review_key(parts)
     return None if key is None else ("/".join(parts), *key)
@@ -244,12 +423,12 @@ def archive_review_key(name: str) -> tuple[str, str, int] | None:
 
 class _ArchiveKeys:
     """archive_review_key, memoized on the member's folder: a review's key is its folder's
-    (id prefix, split, label) plus its file name, when that name is a review file's."""
+    (id prefix, split, class) plus its file name, when that name is a review file's."""
 
     def __init__(self) -> None:
-        self._folders: dict[str, tuple[str, str, int] | None] = {}
+        self._folders: dict[str, tuple[str, str, str | None] | None] = {}
 
-    def __call__(self, name: str) -> tuple[str, str, int] | None:
+    def __call__(self, name: str) -> tuple[str, str, str | None] | None:
         folder, _, base = name.rpartition("/")
         if not base.endswith(".txt") or len(base) == 4 or base in (".", ".."):
             return archive_review_key(name)  # not a review file (or an odd name)
@@ -260,7 +439,7 @@ class _ArchiveKeys:
         return None if key is None else (key[0] + base, key[1], key[2])
 
 
-def _open_archive(path: Path) -> Source:
+def _open_archive(path: Path, options: SourceOptions) -> Source:
     # Check the stream opens and starts with a tar header before any work starts.
     try:
         first = Stream(chunks(path, archive_format(path))).read(BLOCK)
@@ -271,6 +450,10 @@ def _open_archive(path: Path) -> Source:
 
     size = max(1, path.stat().st_size)
     read = [0]
+    label_of = _file_label(options)
+    # Classes are known only at the archive's end: codes in first-seen order (IMDB's neg and
+    # pos first), put in class order once everything is read (pipeline.finish).
+    coder = Coder(IMDB_LABELS if options.label_regex is None else ())
 
     def reader() -> Iterator[RawRecord]:
         found = False
@@ -280,82 +463,23 @@ def _open_archive(path: Path) -> Source:
                 key = keys(name)
                 if key is not None:
                     found = True
-                    yield RawRecord(data, key[2], key[1], key[0])
+                    cls = key[2] if key[2] is None else label_of(key[2], key[0].rpartition("/")[2])
+                    yield RawRecord(data, -1 if cls is None else coder(cls), key[1], key[0])
         except (OSError, EOFError, zlib.error, inflate.error, lzma.LZMAError) as err:
             raise DataError(f"{path}: damaged archive ({err})") from None
         if not found:
-            raise DataError(
-                f"{path}: no review files in the archive (expected "
-                "aclImdb/train/{neg,pos}/*.txt ...)"
-            )
+            raise DataError(f"{path}: no review files in the archive ({FOLDER_HELP})")
 
-    source = Source(str(path), "imdb-archive", IMDB_SPLITS, list(IMDB_LABELS), "id", None, reader)
+    source = Source(
+        str(path),
+        "imdb-archive",
+        FOLDER_SPLITS,
+        coder.names,
+        "id",
+        None,
+        reader,
+        labels_sorted=False,
+        options=options,
+    )
     source.read_fraction = lambda: read[0] / size
     return source
-
-
-# ---------------------------------------------------------------- tables
-
-
-def _open_table(path: Path, kind: str) -> Source:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    try:
-        if kind == "csv":
-            from pyarrow import csv
-
-            table = csv.read_csv(
-                path,
-                convert_options=csv.ConvertOptions(
-                    column_types={"text": pa.string()},
-                    strings_can_be_null=True,
-                ),
-            )
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{path}: cannot read as {kind.upper()} ({msg})") from None
-    missing = [c for c in ("label", "text", "is_valid") if c not in table.column_names]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)} (needs label, text, is_valid;"
-            f" found {', '.join(table.column_names) or 'none'})"
-        )
-    if table.num_rows == 0:
-        raise DataError(f"{path}: no rows")
-    text = table["text"]
-    if not pa.types.is_string(text.type) and not pa.types.is_large_string(text.type):
-        raise DataError(f"{path}: column text must hold strings, not {text.type}")
-    valid = table["is_valid"]
-    if not pa.types.is_boolean(valid.type):
-        try:
-            valid = valid.cast(pa.bool_())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"{path}: column is_valid must be true/false") from None
-    if valid.null_count:
-        raise DataError(f"{path}: column is_valid has {valid.null_count} empty value(s)")
-    label = table["label"]
-    if pa.types.is_string(label.type) or pa.types.is_large_string(label.type):
-        label = pc.if_else(pc.equal(label, ""), pa.scalar(None, label.type), label)
-    names_arr = pc.unique(label.drop_null())
-    names_arr = names_arr.take(pc.sort_indices(names_arr))
-    label_names = [str(v) for v in names_arr.to_pylist()]
-    codes = pc.fill_null(pc.index_in(label, value_set=names_arr), -1)
-    codes = codes.cast(pa.int64()).to_numpy()
-    texts = pc.fill_null(text, "")
-    is_valid = valid.to_numpy(zero_copy_only=False)
-    n = table.num_rows
-
-    def reader() -> Iterator[RawRecord]:
-        step = 4096
-        for lo in range(0, n, step):
-            chunk = texts.slice(lo, step).to_pylist()
-            for j, t in enumerate(chunk):
-                i = lo + j
-                yield RawRecord(t, int(codes[i]), "valid" if is_valid[i] else "train", str(i))
-
-    return Source(str(path), kind, TABLE_SPLITS, label_names, "row", n, reader)

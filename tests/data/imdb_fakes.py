@@ -39,7 +39,9 @@ STRAYS = {
     "test/urls_neg.txt": "http://www.imdb.com/title/tt0453418/usercomments\n",
     "train/labeledBow.feat": "9 0:9 1:1\n",
     "train/pos/notes.md": "not a review\n",
-    "train/extra/0_1.txt": "in a folder that is not a class\n",
+    "extra/0_1.txt": "in a folder that is not a split\n",
+    "train/.cache/0_1.txt": "in a hidden folder\n",
+    "test/unsup/0_1.txt": "unlabelled texts live in train/unsup or unsup only\n",
     "stray.txt": "at the top\n",
 }
 

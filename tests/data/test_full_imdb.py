@@ -63,3 +63,33 @@ def test_vocab_is_fastai_shaped(full_corpus):
     ]
     # more than 60,000 tokens occur twice: cut to 60,000 and padded with 8 xxfake (fastai 2)
     assert len(itos) == 60008 and itos[-8:] == ["xxfake"] * 8
+
+
+def test_rating_task_straight_from_the_archive(full_corpus, imdb_archive, tmp_path):
+    """--label-regex on <id>_<rating>.txt: an 8-class task, the same tokens as the 2-class one."""
+    import re
+    from collections import Counter
+
+    from fastulm.data.sources import SourceOptions
+
+    out = tokenize_source(
+        imdb_archive,
+        tmp_path / "rating",
+        progress=False,
+        source_options=SourceOptions(label_regex=r"_(\d+)\.txt$"),
+    )
+    corpus = open_corpus(out)
+    # independent count: the ratings in the member names, per split
+    want = {"train": Counter(), "test": Counter()}
+    for name, _ in iter_tar(imdb_archive):
+        m = re.fullmatch(r"aclImdb/(train|test)/(neg|pos)/\d+_(\d+)\.txt", name)
+        if m:
+            want[m[1]][m[3]] += 1
+    assert sorted(want["train"]) == ["1", "10", "2", "3", "4", "7", "8", "9"]
+    assert corpus.label_names == sorted(want["train"])  # fastai's CategoryMap: sorted strings
+    for split in ("train", "test"):
+        values, counts = np.unique(corpus[split].labels, return_counts=True)
+        got = {corpus.label_names[v]: int(k) for v, k in zip(values, counts)}
+        assert got == dict(want[split])
+        assert np.array_equal(corpus[split].ids, full_corpus[split].ids)
+    assert (corpus["unsup"].labels == -1).all() and corpus.meta["task"] == "single_label"

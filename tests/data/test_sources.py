@@ -5,6 +5,7 @@ import os
 import re
 import tarfile
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -120,10 +121,12 @@ def test_archive_never_writes_and_skips_unsafe_names(tmp_path):
 
 
 def test_archive_review_key():
-    assert archive_review_key("aclImdb/train/pos/0_9.txt") == ("train/pos/0_9.txt", "train", 1)
-    assert archive_review_key("aclImdb/train/unsup/5_0.txt") == ("train/unsup/5_0.txt", "unsup", -1)
-    assert archive_review_key("imdb/unsup/5_0.txt") == ("unsup/5_0.txt", "unsup", -1)
-    assert archive_review_key("test/neg/1_2.txt") == ("test/neg/1_2.txt", "test", 0)
+    key = archive_review_key
+    assert key("aclImdb/train/pos/0_9.txt") == ("train/pos/0_9.txt", "train", "pos")
+    assert key("aclImdb/train/unsup/5_0.txt") == ("train/unsup/5_0.txt", "unsup", None)
+    assert key("imdb/unsup/5_0.txt") == ("unsup/5_0.txt", "unsup", None)
+    assert key("test/neg/1_2.txt") == ("test/neg/1_2.txt", "test", "neg")
+    assert key("data/valid/neutral/3_5.txt") == ("valid/neutral/3_5.txt", "valid", "neutral")
     for name in [
         "aclImdb/train/urls_pos.txt",
         "aclImdb/README",
@@ -134,6 +137,8 @@ def test_archive_review_key():
         "aclImdb/train/pos/sub/1_1.txt",
         "/train/pos/1_1.txt",
         "aclImdb/test/unsup/1.txt",
+        "aclImdb/train/.cache/1_1.txt",
+        "aclImdb/extra/1_1.txt",
     ]:
         assert archive_review_key(name) is None, name
 
@@ -184,37 +189,46 @@ def test_non_utf8_file_decoded_with_replacement(tiny_imdb):
     assert recs["train/pos/99_9.txt"] == "Caf\ufffd au lait\nnext line"
 
 
-CSV = 'label,text,is_valid\npositive,"Great, really ""great"" film",False\nnegative,"Bad\nfilm",True\n'
+CSV = (
+    "label,text,is_valid\n"
+    'positive,"Great, really ""great"" film",False\n'
+    'negative,"Bad\nfilm",True\n'
+    "negative,Dull,False\n"
+)
 
 
 def test_csv(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text(CSV + "positive,,False\n,Unlabelled text,False\n", encoding="utf-8")
+    path.write_text(CSV + "positive,,False\n", encoding="utf-8")
     source = open_source(path)
     assert source.label_names == ["negative", "positive"]
     assert source.splits == ("train", "valid")
+    assert source.task == "single_label"
     assert [tuple(r) for r in source.records()] == [
         ('Great, really "great" film', 1, "train", "0"),
         ("Bad\nfilm", 0, "valid", "1"),
-        ("", 1, "train", "2"),
-        ("Unlabelled text", -1, "train", "3"),
+        ("Dull", 0, "train", "2"),
+        ("", 1, "train", "3"),
     ]
 
 
-def test_parquet_same_as_csv(tmp_path):
+def test_parquet_tsv_jsonl_same_as_csv(tmp_path):
     csv_path = tmp_path / "t.csv"
     csv_path.write_text(CSV, encoding="utf-8")
     table = pa.table(
         {
-            "label": ["positive", "negative"],
-            "text": ['Great, really "great" film', "Bad\nfilm"],
-            "is_valid": [False, True],
+            "label": ["positive", "negative", "negative"],
+            "text": ['Great, really "great" film', "Bad\nfilm", "Dull"],
+            "is_valid": [False, True, False],
         }
     )
     pq.write_table(table, tmp_path / "t.parquet")
-    assert list(open_source(tmp_path / "t.parquet").records()) == list(
-        open_source(csv_path).records()
-    )
+    pl.from_arrow(table).write_ndjson(tmp_path / "t.jsonl")
+    pl.from_arrow(table).write_csv(tmp_path / "t.tsv", separator="\t")
+    want = list(open_source(csv_path).records())
+    assert len(want) == 3
+    for name in ("t.parquet", "t.jsonl", "t.tsv"):
+        assert list(open_source(tmp_path / name).records()) == want, name
 
 
 def test_parquet_integer_labels_sort_numerically(tmp_path):
@@ -225,21 +239,29 @@ def test_parquet_integer_labels_sort_numerically(tmp_path):
     assert [r.label for r in source.records()] == [1, 0, 0]
 
 
-@pytest.mark.parametrize(
-    "header,missing",
-    [("label,review,is_valid", "text"), ("text,is_valid", "label"), ("label,text", "is_valid")],
-)
-def test_csv_missing_columns(tmp_path, header, missing):
+def test_csv_missing_columns(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text(header + "\n" + ",".join(["x"] * len(header.split(","))) + "\n")
-    with pytest.raises(DataError, match=f"t.csv: missing column\\(s\\) {missing}"):
+    path.write_text("label,review,is_valid\npos,hi,0\n")
+    with pytest.raises(
+        DataError,
+        match=re.escape("t.csv: no column 'text' (--text-col); the columns are: label, review,"),
+    ):
         open_source(path)
+    # without the default label column: unlabelled texts (an LM corpus); without is_valid:
+    # every row is training
+    path.write_text("text\nhello\nworld\n")
+    source = open_source(path)
+    assert source.task == "none" and source.label_names == []
+    assert [tuple(r) for r in source.records()] == [
+        ("hello", -1, "train", "0"),
+        ("world", -1, "train", "1"),
+    ]
 
 
 def test_csv_bad_is_valid(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("label,text,is_valid\npos,hi,maybe\n")
-    with pytest.raises(DataError, match=re.escape("t.csv")):
+    path.write_text("label,text,is_valid\npos,hi,maybe\nneg,ho,false\n")
+    with pytest.raises(DataError, match=re.escape("t.csv: column 'is_valid' must be true/false")):
         open_source(path)
 
 
