@@ -3,6 +3,7 @@ existing run folders, unwritable places, failed saves, Ctrl-C, --resume's option
 checkpoints, one-class data, file modes, and the small things of its command line."""
 
 import hashlib
+import json
 import os
 import signal
 import stat
@@ -305,3 +306,30 @@ def test_damaged_run_files_are_one_error_line(corpus, tmp_path, capsys, change, 
     capsys.readouterr()
     assert generate.main([str(run), "hello"]) == 1
     assert says in _err_line(capsys)
+
+
+def test_force_never_clears_the_run_whose_encoder_it_reads(corpus, tmp_path, capsys):
+    lm = tmp_path / "lm"
+    assert train_main(["lm", str(corpus), str(lm), *TINY_TRAIN, "--epochs", "0"]) == 0
+    before = _files(lm)
+    capsys.readouterr()
+    argv = ["clas", str(corpus), str(lm), *TINY_TRAIN, "--encoder", str(lm), "--force"]
+    assert train_main(argv) == 1
+    assert "would replace the source" in _err_line(capsys)
+    assert _files(lm) == before
+
+
+def test_max_memory_plans_before_training(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["clas", str(corpus), str(run), *TINY_TRAIN, "--final-epochs", "1"]
+    assert train_main([*argv, "--max-memory", "1GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "bs 8" in out  # an ample budget keeps the asked batch size (--bs 8 is the maximum)
+    settings = json.loads((run / "train_args.json").read_text())["settings"]
+    assert settings["bs"] == 8
+    bad = ["clas", str(corpus), str(tmp_path / "r2"), *TINY_TRAIN, "--max-memory"]
+    assert train_main([*bad, "8XB"]) == 1
+    assert "is not a size" in _err_line(capsys)
+    assert train_main([*bad, "1KiB"]) == 1
+    assert "the smallest budget that works is" in _err_line(capsys)
+    assert not (tmp_path / "r2").exists()

@@ -126,9 +126,15 @@ def _read_vocab(js_path: Path) -> list[str]:
     return vocab
 
 
-def load_encoder(model: nn.Module, path: str | Path, vocab: list[str]) -> nn.Module:
+def load_encoder(
+    model: nn.Module, path: str | Path, vocab: list[str], remap_vocab: bool = False
+) -> nn.Module:
     """Load an encoder saved by ``save_encoder`` (or a fastai encoder ``.pth``) into
-    ``model``'s encoder. The vocab must be the one the encoder was trained with."""
+    ``model``'s encoder.
+
+    The vocab should be the one the encoder was trained with. With ``remap_vocab`` another
+    vocab is accepted: the embedding rows are mapped onto it as for pretrained weights
+    (known tokens keep their row, new ones start from the mean row)."""
     enc = _encoder(model)
     path = Path(path)
     if path.suffix == ".pth":
@@ -148,15 +154,10 @@ def load_encoder(model: nn.Module, path: str | Path, vocab: list[str]) -> nn.Mod
             state = load_file(str(st_path))
         except Exception as err:
             raise EncoderMismatchError(f"{st_path}: cannot read encoder weights ({err})") from None
-    if saved_vocab is not None and len(saved_vocab) != len(vocab):
-        raise EncoderMismatchError(
-            f"{path}: encoder vocab has {len(saved_vocab)} tokens, the given vocab has {len(vocab)}"
-        )
     if saved_vocab is not None and saved_vocab != list(vocab):
-        i = next(i for i, (a, b) in enumerate(zip(saved_vocab, vocab)) if a != b)
-        raise EncoderMismatchError(
-            f"{path}: vocab differs from the encoder's at id {i} ({vocab[i]!r} vs {saved_vocab[i]!r})"
-        )
+        if not remap_vocab:
+            raise EncoderMismatchError(_vocab_mismatch(path, saved_vocab, list(vocab)))
+        state = _remap_rows(state, saved_vocab, list(vocab))
     target = enc.state_dict()
     if set(state) != set(target):
         raise EncoderMismatchError(
@@ -169,3 +170,38 @@ def load_encoder(model: nn.Module, path: str | Path, vocab: list[str]) -> nn.Mod
         )
     enc.load_state_dict(state, strict=True)
     return model
+
+
+def encoder_vocab(path: str | Path) -> list[str]:
+    """The vocab an encoder saved by ``save_encoder`` was trained with."""
+    return _read_vocab(_paths(path)[1])
+
+
+def _vocab_mismatch(path: Path, saved: list[str], vocab: list[str]) -> str:
+    if len(saved) != len(vocab):
+        what = f"encoder vocab has {len(saved)} tokens, the given vocab has {len(vocab)}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(saved, vocab)) if a != b)
+        what = f"vocab differs from the encoder's at id {i} ({vocab[i]!r} vs {saved[i]!r})"
+    return (
+        f"{path}: {what}. Tokenize the classifier's data with the LM's vocab "
+        f"(python -m fastulm.tokenize SRC OUT --vocab {_paths(path)[1]}), or load with "
+        "remap_vocab=True to map the embedding onto this vocab"
+    )
+
+
+def _remap_rows(
+    state: dict[str, torch.Tensor], saved: list[str], vocab: list[str]
+) -> dict[str, torch.Tensor]:
+    """The embedding rows moved onto ``vocab``: a known token keeps its row, a new one gets
+    the mean row (fastai's rule for pretrained weights)."""
+    index = {w: i for i, w in enumerate(saved)}
+    idx = torch.tensor([index.get(w, -1) for w in vocab], dtype=torch.long)
+    found = idx >= 0
+    out = dict(state)
+    for key in ("encoder.weight", "encoder_dp.emb.weight"):
+        if key in state:
+            rows = state[key].mean(0).expand(len(vocab), -1).clone()
+            rows[found] = state[key][idx[found]]
+            out[key] = rows
+    return out

@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
             "avx512_bf16/AMX trains ~1.5x faster",
         )
         s.add_argument("--grad-checkpoint", action="store_true", help="recompute activations")
+        s.add_argument(
+            "--max-memory",
+            metavar="SIZE",
+            help="memory budget (8GiB, 8GB, 512MiB): measure probe steps on the longest batch "
+            "and train with the fastest batch size (at most --bs), --grad-checkpoint and "
+            "--mixed-precision (when auto) that fit",
+        )
         s.add_argument("--backwards", action="store_true", help="read every document reversed")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
@@ -96,7 +103,16 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--splits", help="comma-separated splits to train on (default: all)")
             s.add_argument("--random-bptt", action="store_true", help="AWD-LSTM window jitter")
         else:
-            s.add_argument("--encoder", required=True, help="LM run dir or encoder path")
+            s.add_argument(
+                "--encoder",
+                help="LM run dir or encoder path (without it the classifier starts from scratch)",
+            )
+            s.add_argument(
+                "--threshold",
+                type=float,
+                default=0.5,
+                help="multi-label corpora: a class is predicted above this probability",
+            )
             s.add_argument("--max-len", type=int, help="tokens kept per document (tail)")
             s.add_argument("--final-epochs", type=int, help="epochs of the unfrozen stage")
             s.add_argument("--train-split", default="train")
@@ -107,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 # Checked before any work: 0 would silently mean "the preset's value" (``args.bs or ...``) and
 # a negative rate trains away from the data instead of failing.
 _POSITIVE = (
+    "threshold",
     *("bs", "bptt", "emb_sz", "n_hid", "n_layers", "max_len"),
     *("lr", "clip", "threads", "checkpoint_minutes"),
 )
@@ -120,6 +137,10 @@ def _check_numbers(args) -> None:
             value = getattr(args, name, None)
             if value is not None and not ok(value):
                 raise ValueError(f"--{name.replace('_', '-')} must be {must}, got {value}")
+    if getattr(args, "max_memory", None) is not None:
+        from fastulm.train.memory_plan import parse_size
+
+        parse_size(args.max_memory)  # "8XB" is a one-line error before any work
 
 
 def _stages(args, recipe):
@@ -167,7 +188,11 @@ def run(args, stop=None) -> int:
     run_dir = Path(args.run_dir)
     made = []
     if ctx.is_main:  # before any work: a refused or unwritable RUN_DIR costs nothing
-        made = prepare_run_dir(run_dir, force=args.force, resume=args.resume)
+        inputs = [args.corpus, *(getattr(args, "pretrained", None) or [])]
+        if getattr(args, "encoder", None):
+            encoder = _encoder_path(args.encoder)
+            inputs += [encoder.with_name(encoder.name + ext) for ext in (".safetensors", ".json")]
+        made = prepare_run_dir(run_dir, force=args.force, resume=args.resume, sources=inputs)
     try:
         return _train(args, stop, ctx, preset, recipe, stages, run_dir)
     except BaseException:
@@ -198,24 +223,27 @@ def _train(args, stop, ctx, preset, recipe, stages, run_dir: Path) -> int:
         **size,
     )
     if args.stage == "lm":
-        learn = language_model_learner(
-            args.corpus,
+        factory = language_model_learner
+        extra = dict(
             valid_pct=args.valid_pct,
             valid_split=args.valid_split,
             splits=args.splits.split(",") if args.splits else None,
             pretrained=tuple(args.pretrained) if args.pretrained else None,
             random_bptt=args.random_bptt,
-            **common,
         )
     else:
-        learn = text_classifier_learner(
-            args.corpus,
+        factory = text_classifier_learner
+        extra = dict(
             max_len=args.max_len or recipe.max_len,
             train_split=args.train_split,
             valid_split=args.valid_split,
-            **common,
+            threshold=args.threshold,
         )
-        learn.load_encoder(_encoder_path(args.encoder))
+    if args.max_memory is not None:
+        common.update(_memory_plan(args, ctx, run_dir, {**common, **extra}))
+    learn = factory(args.corpus, **extra, **common)
+    if args.stage == "clas":
+        _load_encoder(learn, args, ctx.is_main)
     learn.checkpoint_path = run_dir / "checkpoints" / "last.pt"
     learn.checkpoint_every_s = args.checkpoint_minutes * 60
     learn.time_limit_s = args.time_limit * 60 if args.time_limit is not None else None
@@ -253,6 +281,26 @@ def _train(args, stop, ctx, preset, recipe, stages, run_dir: Path) -> int:
     return 0
 
 
+def _memory_plan(args, ctx, run_dir: Path, kwargs: dict) -> dict:
+    """--max-memory: the batch size, checkpointing and precision to build the learner with.
+
+    Measured by probe steps before any training (memory_plan.py); a resumed run keeps the
+    settings it started with (its checkpoint's loader position depends on the batch size).
+    """
+    keys = ("bs", "grad_checkpoint", "mixed_precision")
+    saved = run_dir / "train_args.json"
+    if args.resume and saved.is_file():
+        settings = json.loads(saved.read_text(encoding="utf-8")).get("settings", {})
+        if all(k in settings for k in keys):
+            return {k: settings[k] for k in keys}
+    from fastulm.train.memory_plan import plan_memory
+
+    plan = plan_memory(args.corpus, args.stage, args.max_memory, **kwargs)
+    if ctx.is_main:
+        print(plan.describe())
+    return plan.learner_kwargs()
+
+
 def _warn_if_slow(learn, stages, args) -> None:
     """On a CPU, say before the first epoch how long the recipe will take if it is long."""
     if learn.device.type != "cpu" or not stages:
@@ -272,6 +320,37 @@ def _warn_if_slow(learn, stages, args) -> None:
             "for minutes on a CPU; Ctrl-C stops with a checkpoint.",
             file=sys.stderr,
         )
+
+
+def _load_encoder(learn, args, say: bool) -> None:
+    """The LM's encoder into the classifier; another vocab is mapped onto the corpus's."""
+    if args.encoder is None:
+        if say and not args.resume:
+            print(
+                "note: no --encoder: the classifier trains from scratch, without a fine-tuned "
+                "language model, and will be weaker (ULMFiT's gain comes from the LM)",
+                file=sys.stderr,
+            )
+        return
+    from fastulm.model.encoder_io import encoder_vocab
+
+    path = _encoder_path(args.encoder)
+    remap = False
+    if path.suffix != ".pth" and path.with_name(path.name + ".json").is_file():
+        saved = encoder_vocab(path)
+        if saved != list(learn.vocab):
+            remap = True
+            known = set(saved)
+            new = sum(t not in known for t in learn.vocab)
+            if say:
+                print(
+                    f"note: the corpus's vocab differs from the encoder's: {new} of its "
+                    f"{len(learn.vocab)} tokens are new to the LM and start from the mean "
+                    f"embedding. To share the LM's vocab, tokenize with --vocab "
+                    f"{path.with_name(path.name + '.json')}",
+                    file=sys.stderr,
+                )
+    learn.load_encoder(path, remap_vocab=remap)
 
 
 def _encoder_path(arg: str) -> Path:

@@ -14,13 +14,20 @@ loader position and hidden state from the checkpoint and continues exactly where
 The model contract (see fastulm.model): a language model has ``loss(x, y)`` returning
 ``loss, n_correct, n_tokens, raw, dropped``; a classifier's ``forward(x)`` returns
 ``logits, raw, dropped``; both have ``layer_groups()`` and ``reset()``.
+
+A classifier's ``task`` is ``single_label`` (softmax and cross-entropy; metrics accuracy and
+macro-F1, and the validation confusion matrix) or ``multi_label`` (one sigmoid per class,
+binary cross-entropy on multi-hot targets; metrics accuracy over thresholded labels, micro-
+and macro-F1), as fastai's CrossEntropyLossFlat / BCEWithLogitsLossFlat and accuracy_multi.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,15 +69,25 @@ class StopRequested(Exception):
     whether a checkpoint was written."""
 
 
+def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    """F1 = 2 TP / (2 TP + FP + FN); 0 where a class was neither predicted nor present
+    (sklearn's zero_division=0)."""
+    denom = 2 * tp + fp + fn
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(denom))
+
+
 class Precision:
     """Mixed precision: bf16 autocast where the GPU has it, else fp16 with a gradient scaler.
 
     ``mode`` is ``auto`` (bf16/fp16 on CUDA, off on CPU), ``bf16``, ``fp16`` or ``fp32``.
     On a CPU ``bf16`` is worth asking for where it is native (avx512_bf16, AMX): oneDNN's bf16
-    LSTM and matmuls are 1.7-4x faster there than fp32.
+    LSTM and matmuls are 1.7-4x faster there than fp32. Whether the LSTM really runs in bf16
+    is tried once on a tiny input: where it cannot (a GPU whose cuDNN has no bf16 LSTM, a CPU
+    without bf16), training falls back -- to fp16 with a scaler on a GPU, to fp32 on a CPU --
+    and says so, instead of failing inside the first step.
     """
 
-    def __init__(self, mode: str, device: torch.device):
+    def __init__(self, mode: str, device: torch.device, lstm_sizes: tuple[int, int] = (8, 8)):
         if mode not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"mixed precision must be auto, bf16, fp16 or fp32, not {mode!r}")
         if mode == "auto":
@@ -78,6 +95,13 @@ class Precision:
                 mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
             else:
                 mode = "fp32"
+        if mode == "bf16" and not bf16_lstm_works(device, lstm_sizes):
+            mode = "fp16" if device.type == "cuda" else "fp32"
+            print(
+                f"note: the LSTM cannot run in bf16 on this {device.type} device; "
+                f"training in {mode}" + (" with a gradient scaler" if mode == "fp16" else ""),
+                file=sys.stderr,
+            )
         self.mode = mode
         self.device_type = device.type
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
@@ -87,6 +111,31 @@ class Precision:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def bf16_lstm_works(device: torch.device, sizes: tuple[int, int] = (8, 8)) -> bool:
+    """Does an LSTM of ``sizes`` (input, hidden) run forward and backward in bf16 on
+    ``device``, with finite results? (cuDNN picks kernels by size: probe the model's.)"""
+    return _bf16_lstm_works(str(device), tuple(sizes))
+
+
+@functools.cache
+def _bf16_lstm_works(device: str, sizes: tuple[int, int]) -> bool:
+    # fixed inputs and weights: the probe must not draw from the random generators that
+    # training's dropout masks come from
+    n_in, n_hid = sizes
+    x = torch.linspace(-1, 1, 2 * 3 * n_in, device=device).view(2, 3, n_in).requires_grad_()
+    h = torch.zeros(1, 2, n_hid, device=device)
+    shapes = ((4 * n_hid, n_in), (4 * n_hid, n_hid), (4 * n_hid,), (4 * n_hid,))
+    w = [torch.full(s, 0.01, device=device) for s in shapes]
+    try:
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            out = torch.lstm(x, (h, h), w, True, 1, 0.0, True, False, True)[0]
+        out.float().sum().backward()
+    except RuntimeError:
+        return False
+    finite = bool(out.isfinite().all()) and bool(x.grad.isfinite().all())
+    return out.dtype == torch.bfloat16 and finite
 
 
 def _as_dict(out: Any) -> dict[str, Any]:
@@ -128,9 +177,16 @@ class Learner:
         show_table: bool = True,
         sqr_mom: float = 0.99,
         eps: float = 1e-5,
+        task: str = "single_label",
+        threshold: float = 0.5,
     ):
         if kind not in ("lm", "clas"):
             raise ValueError(f"kind must be 'lm' or 'clas', not {kind!r}")
+        if task not in ("single_label", "multi_label"):
+            raise ValueError(f"task must be 'single_label' or 'multi_label', not {task!r}")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        self.task, self.threshold = task, threshold
         self.dist = ddp.current()
         self.device = torch.device(device) if device is not None else ddp.default_device(self.dist)
         self.model = model.to(self.device)
@@ -142,7 +198,9 @@ class Learner:
         self.label_names = list(label_names) if label_names is not None else None
         self.lr, self.wd, self.moms = lr, wd, normalize_moms(moms)
         self.alpha, self.beta, self.clip = alpha, beta, clip
-        self.precision = Precision(mixed_precision, self.device)
+        config = getattr(self.model, "config", None)
+        sizes = (config.emb_sz, config.n_hid) if config is not None else (8, 8)
+        self.precision = Precision(mixed_precision, self.device, sizes)
         self.show_progress = show_progress and self.dist.is_main  # the bars
         self.show_table = show_table and self.dist.is_main  # the per-epoch table
         groups = layer_groups if layer_groups is not None else self._model_groups()
@@ -163,6 +221,8 @@ class Learner:
         self.fit_id = self.epoch = self.step_in_epoch = self.n_epoch = 0
         self._smooth = [0.0, 0]  # fastai's debiased moving average of the train loss
         self._skipped = 0
+        self.confusion: torch.Tensor | None = None  # last validation's [true, predicted] counts
+        self.valid_f1: dict[str, float] = {}  # last validation's F1 scores (classifiers)
 
     # ------------------------------------------------------------------ layer groups
     def _model_groups(self) -> list[list[nn.Parameter]]:
@@ -247,6 +307,7 @@ class Learner:
             row["valid_loss"], row["accuracy"] = valid_loss, accuracy
             if self.kind == "lm":
                 row["perplexity"] = math.exp(min(valid_loss, 50.0))
+            row.update(self.valid_f1)
             row["time"] = time.monotonic() - t0
             if self._skipped:
                 row["skipped_steps"] = self._skipped
@@ -362,8 +423,15 @@ class Learner:
         out = _as_dict(self.model(x))
         logits = out["logits"]
         logits = logits.to(acc_dtype(logits.dtype))
-        out["loss"] = F.cross_entropy(logits, y)
-        out["n_correct"] = (logits.argmax(-1) == y).sum()
+        if self.task == "multi_label":
+            target = y.to(logits.dtype)
+            out["loss"] = F.binary_cross_entropy_with_logits(logits, target)
+            out["pred"] = torch.sigmoid(logits) > self.threshold
+            out["n_correct"] = (out["pred"] == target.bool()).sum()
+        else:
+            out["loss"] = F.cross_entropy(logits, y)
+            out["pred"] = logits.argmax(-1)
+            out["n_correct"] = (out["pred"] == y).sum()
         out["n"] = y.numel()
         return out
 
@@ -399,10 +467,13 @@ class Learner:
         self.model.eval()
         self._reset_model()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        counts = self._new_counts()
         for x, y in dl:
             x, y = x.to(self.device), y.to(self.device)
             with self.precision.autocast():
                 out = self._forward(x, y)
+            if counts is not None:
+                counts += self._counts(out["pred"], y)
             n = out["n"]
             sums += torch.stack(
                 [
@@ -412,12 +483,52 @@ class Learner:
                 ]
             )
         ddp.all_reduce_sum(sums)
+        if counts is not None:
+            ddp.all_reduce_sum(counts)
+            self._set_f1(counts.cpu())
         self._reset_model()
         self.model.train()
         loss_sum, correct, n = sums.tolist()
         if n == 0:
             return float("nan"), float("nan")
         return loss_sum / n, correct / n
+
+    # ------------------------------------------------------------------ classifier metrics
+    @property
+    def n_classes(self) -> int:
+        head = getattr(self.model, "head", None)
+        last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1] if head else None
+        return last.out_features if last is not None else 0
+
+    def _new_counts(self) -> torch.Tensor | None:
+        """Validation counts: the confusion matrix (single-label) or per-class
+        true/false positives and false negatives (multi-label)."""
+        if self.kind != "clas":
+            return None
+        c = self.n_classes
+        shape = (c, c) if self.task == "single_label" else (3, c)
+        return torch.zeros(shape, dtype=torch.float64, device=self.device)
+
+    def _counts(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self.n_classes
+        if self.task == "single_label":
+            flat = torch.bincount(y * c + pred, minlength=c * c)
+            return flat.view(c, c).double()
+        truth = y.bool()
+        return torch.stack(
+            [(pred & truth).sum(0), (pred & ~truth).sum(0), (~pred & truth).sum(0)]
+        ).double()
+
+    def _set_f1(self, counts: torch.Tensor) -> None:
+        if self.task == "single_label":
+            self.confusion = counts
+            tp = counts.diagonal()
+            fp, fn = counts.sum(0) - tp, counts.sum(1) - tp
+        else:
+            tp, fp, fn = counts
+        self.valid_f1 = {"macro_f1": float(_f1(tp, fp, fn).mean())}
+        if self.task == "multi_label":
+            self.valid_f1["micro_f1"] = float(_f1(tp.sum(), fp.sum(), fn.sum()))
 
     def _reset_model(self) -> None:
         if hasattr(self.model, "reset"):
@@ -438,7 +549,13 @@ class Learner:
     # ------------------------------------------------------------------ logging
     def _metric_names(self) -> list[str]:
         names = ["train_loss", "valid_loss", "accuracy"]
-        return [*names, "perplexity"] if self.kind == "lm" else names
+        if self.kind == "lm":
+            return [*names, "perplexity"]
+        return (
+            [*names, "macro_f1"]
+            if self.task == "single_label"
+            else [*names, "micro_f1", "macro_f1"]
+        )
 
     def _table_header(self) -> str:
         return "  ".join(f"{n:>10}" for n in ["epoch", *self._metric_names(), "time"])
@@ -461,6 +578,11 @@ class Learner:
         csv += "".join(",".join(str(r.get(k, "")) for k in keys) + "\n" for r in rows)
         atomic_write(self.path / "log.csv", lambda tmp: Path(tmp).write_text(csv))
         plot_losses(self.history, self.path / "losses.png")
+        if self.confusion is not None:
+            from fastulm.train.plots import plot_confusion
+
+            names = self.label_names or [str(i) for i in range(len(self.confusion))]
+            plot_confusion(self.confusion.numpy(), names, self.path / "confusion.png")
 
     # ------------------------------------------------------------------ checkpoints
     def _maybe_checkpoint(self) -> None:

@@ -55,3 +55,23 @@ def plot_lr_find(lrs, losses, suggestions: dict[str, float], path: str | Path) -
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, Path(path))
+
+
+def plot_confusion(matrix: np.ndarray, names: list[str], path: str | Path) -> None:
+    """Validation counts, true class by row and predicted class by column."""
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.6 * n, 2 + 0.6 * n))
+    ax.imshow(matrix, cmap="Blues")
+    top = matrix.max() if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            value = int(matrix[i, j])
+            color = "white" if top and value > top / 2 else "black"
+            ax.text(j, i, str(value), ha="center", va="center", color=color)
+    ax.set_xticks(range(n), names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title("confusion matrix (validation)")
+    fig.tight_layout()
+    _save(fig, Path(path))

@@ -13,7 +13,7 @@ RUN_DIR/
   log.jsonl, log.csv     one row per epoch (epoch, train_loss, valid_loss, accuracy, ...)
   losses.png             train loss per step and validation loss per epoch
   lr_find.png            when lr_find ran
-  predictions.csv        predict --file output (or where --out says)
+  predictions.csv        older runs: predict --file output (it now goes beside the input)
 ```
 
 Every file is written to a temporary name and renamed, so a killed run never leaves half a
@@ -71,17 +71,20 @@ def not_a_run(path: str | Path) -> str | None:
 
 
 def prepare_run_dir(
-    run_dir: str | Path, *, force: bool = False, resume: bool = False
+    run_dir: str | Path, *, force: bool = False, resume: bool = False, sources=()
 ) -> list[Path]:
     """Make ``run_dir`` ready for a training run, or raise ``WriteError`` saying why not.
 
     Refuses an earlier run unless ``resume`` (continue it) or ``force`` (clear it first),
-    anything that is not a run folder, and a place that cannot be written: a probe file is
+    anything that is not a run folder, a folder that is or holds one of the run's inputs
+    (``sources``: the corpus, the encoder, pretrained weights), and a place that cannot be written: a probe file is
     created and removed, so a read-only or missing disk fails now, not after an epoch.
     Returns the folders it made, for ``remove_if_empty`` when the run fails early."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not resume:
-        check_replaceable(run_dir, force=force, foreign=not_a_run, what="run directory")
+        check_replaceable(
+            run_dir, force=force, foreign=not_a_run, what="run directory", sources=sources
+        )
         if force and run_dir.is_dir():
             for entry in run_dir.iterdir():
                 if entry.is_dir() and not entry.is_symlink():

@@ -157,8 +157,10 @@ class LMLearner(TextLearner):
 class ClassifierLearner(TextLearner):
     """A classifier Learner: ``load_encoder`` takes the fine-tuned LM's encoder."""
 
-    def load_encoder(self, name: str | Path) -> ClassifierLearner:
-        load_encoder(self.model, self._model_file(name, ""), self.vocab)
+    def load_encoder(self, name: str | Path, remap_vocab: bool = False) -> ClassifierLearner:
+        """The fine-tuned LM's encoder. ``remap_vocab`` accepts an encoder trained on another
+        vocab: its rows are mapped onto this corpus's (new tokens start from the mean row)."""
+        load_encoder(self.model, self._model_file(name, ""), self.vocab, remap_vocab)
         return self
 
     def predict(self, text: str) -> tuple[str, torch.Tensor, torch.Tensor]:
@@ -238,30 +240,38 @@ def text_classifier_learner(
     seed: int = 0,
     backwards: bool = False,
     grad_checkpoint: bool = False,
+    threshold: float = 0.5,
     **kwargs: Any,
 ) -> ClassifierLearner:
     """The walkthrough's ``text_classifier_learner``, frozen to the head like fastai's.
 
     Validates on ``valid_split`` (default: ``valid`` if the corpus has it, else ``test``).
+    The task comes from the corpus: single-label (one class a document) or multi-label (any
+    number of classes; one sigmoid each, ``threshold`` decides which are predicted).
     """
     corpus = _open(corpus)
     kwargs.setdefault("moms", TEXT_MOMS)
     if valid_split is None:
         valid_split = "valid" if "valid" in corpus else "test"
     names = corpus.label_names
+    task = getattr(corpus, "task", "single_label")
     train, valid = corpus[train_split], corpus[valid_split]
     for split in (train, valid):
         if len(split) == 0 or int(np.max(split.labels)) < 0:
             raise DataError(f"{corpus.path}: split {split.name!r} has no labelled documents")
-    n_classes = len(names) or int(np.max(train.labels)) + 1
-    train, valid = (_labelled(s) for s in (train, valid))
-    present = np.unique(np.asarray(train.labels))
-    if n_classes < 2 or len(present) < 2:
-        only = names[present[0]] if len(names) > present[0] else str(present[0])
-        raise DataError(
-            f"{corpus.path}: split {train_split!r} has only one class ({only!r}); "
-            "a classifier needs at least two"
-        )
+    if task == "multi_label":
+        n_classes = len(names)
+        hot = [_multi_hot(s, n_classes) for s in (train, valid)]
+        keep = [np.flatnonzero(np.asarray(s.labels) >= 0) for s in (train, valid)]
+        train, valid = (_labelled(s) for s in (train, valid))
+        train_hot, valid_hot = (h[k] for h, k in zip(hot, keep))
+        if n_classes < 1 or not train_hot.any():
+            raise DataError(f"{corpus.path}: split {train_split!r} has no labels set")
+    else:
+        n_classes = len(names) or int(np.max(train.labels)) + 1
+        train, valid = (_labelled(s) for s in (train, valid))
+        train_hot = valid_hot = None
+        _check_classes(corpus, train_split, valid_split, train, valid, names, n_classes)
     model_kw = {k: kwargs.pop(k) for k in ("emb_sz", "n_hid", "n_layers") if k in kwargs}
     if config is None:
         config = AWDLSTMConfig.classifier(
@@ -272,8 +282,8 @@ def text_classifier_learner(
     # the last max_len positions without grad) and pools the last max_len, so the state
     # entering that window has read the document's start, exactly as predict/classify do.
     common = dict(bptt=bptt, backwards=backwards, rank=ctx.rank, world_size=ctx.world_size)
-    train_dl = ClasLoader(train, rank_bs, shuffle=True, seed=seed, **common)
-    valid_dl = ClasLoader(valid, rank_bs, shuffle=False, **common)
+    train_dl = ClasLoader(train, rank_bs, shuffle=True, seed=seed, multi_hot=train_hot, **common)
+    valid_dl = ClasLoader(valid, rank_bs, shuffle=False, multi_hot=valid_hot, **common)
     torch.manual_seed(seed)
     model = get_classifier(len(corpus.vocab), n_classes, config)
     torch.manual_seed(seed + ctx.rank)
@@ -285,13 +295,52 @@ def text_classifier_learner(
         path=path,
         vocab=corpus.vocab.itos,
         label_names=names,
+        task=task,
+        threshold=threshold,
         **kwargs,
     )
     learn.settings = dict(
-        kind="clas", bs=bs, bptt=bptt, backwards=backwards, corpus=str(corpus.path)
+        kind="clas",
+        bs=bs,
+        bptt=bptt,
+        backwards=backwards,
+        corpus=str(corpus.path),
+        task=task,
+        label_delim=getattr(corpus, "label_delim", None),
+        threshold=threshold,
     )
     learn.freeze()
     return learn
+
+
+def _check_classes(corpus, train_split, valid_split, train, valid, names, n_classes) -> None:
+    """A single-label classifier needs two classes to learn, and cannot be judged on a class
+    it never saw."""
+    present = np.unique(np.asarray(train.labels))
+
+    def name(c: int) -> str:
+        return names[c] if c < len(names) else str(c)
+
+    if n_classes < 2 or len(present) < 2:
+        raise DataError(
+            f"{corpus.path}: split {train_split!r} has only one class ({name(present[0])!r}); "
+            "a classifier needs at least two"
+        )
+    unseen = np.setdiff1d(np.unique(np.asarray(valid.labels)), present)
+    if len(unseen):
+        raise DataError(
+            f"{corpus.path}: split {valid_split!r} has class {name(unseen[0])!r}, never seen in "
+            f"{train_split!r}"
+        )
+
+
+def _multi_hot(split: Any, n_classes: int) -> np.ndarray:
+    """[n_docs, n_classes] 0/1 from the split's label sets (offsets, class ids)."""
+    offsets, values = split.label_sets
+    hot = np.zeros((len(split.labels), n_classes), dtype=np.float32)
+    rows = np.repeat(np.arange(len(split.labels)), np.diff(np.asarray(offsets)))
+    hot[rows, np.asarray(values, dtype=np.int64)] = 1.0
+    return hot
 
 
 def _labelled(split: Any) -> Any:

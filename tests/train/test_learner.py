@@ -212,10 +212,30 @@ def test_precision_modes():
 
     cpu = torch.device("cpu")
     assert Precision("auto", cpu).mode == "fp32" and Precision("auto", cpu).scaler is None
-    assert Precision("bf16", cpu).dtype == torch.bfloat16
+    # bf16 where oneDNN runs the LSTM in bf16 (checked independently by cpu_bf16_lstm_ok)
+    want = torch.bfloat16 if cpu_bf16_lstm_ok() else None
+    assert Precision("bf16", cpu).dtype == want
     assert Precision("fp16", cpu).scaler is not None
     with pytest.raises(ValueError, match="mixed precision"):
         Precision("int8", cpu)
+
+
+def test_bf16_without_a_bf16_lstm_falls_back_with_a_note(capsys):
+    """Asked for bf16 where the LSTM cannot run in it, training used to fail inside its first
+    step (oneDNN: "could not create a primitive descriptor"); now it says so and goes on."""
+    from fastulm.train.learner import Precision, bf16_lstm_works
+
+    cpu = torch.device("cpu")
+    assert bf16_lstm_works(cpu) == cpu_bf16_lstm_ok()
+    before = torch.get_rng_state()
+    bf16_lstm_works(cpu)
+    assert torch.equal(before, torch.get_rng_state())  # the probe draws no random numbers
+    capsys.readouterr()
+    mode = Precision("bf16", cpu).mode
+    if cpu_bf16_lstm_ok():
+        assert mode == "bf16"
+    else:
+        assert mode == "fp32" and "cannot run in bf16" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not cpu_bf16_lstm_ok(), reason="no bf16 LSTM on this CPU")
