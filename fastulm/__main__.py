@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("fastulm.train.__main__", "train a language model (lm) or a classifier (clas)"),
     "predict": ("fastulm.predict", "label and probabilities from a trained classifier"),
     "generate": ("fastulm.generate", "text sampled from a trained language model"),
+    "export": ("fastulm.export", "a run as ONNX + vocab + labels, served without torch"),
 }
 
 

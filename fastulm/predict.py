@@ -1,21 +1,30 @@
 """``python -m fastulm.predict RUN_DIR "text"``: label and probabilities from a trained classifier.
 
     python -m fastulm.predict RUN_DIR "I really loved that movie, it was awesome!"
-    python -m fastulm.predict RUN_DIR --file reviews.txt [--out predictions.csv]
-    python -m fastulm.predict RUN_DIR --file reviews.csv --text-col text [--also RUN_DIR_BWD]
-    cat reviews.txt | python -m fastulm.predict RUN_DIR --file - --out - > predictions.csv
+    python -m fastulm.predict RUN_DIR --file reviews.txt          # -> reviews.predictions.csv
+    python -m fastulm.predict RUN_DIR --file reviews.csv --text-col review --id-col id \
+        [--out predictions.csv] [--also RUN_DIR_BWD] [--device auto] [--precision auto]
+    python -m fastulm.predict EXPORT_DIR --onnx --file reviews.csv   # onnxruntime, no torch
+    cat reviews.txt | python -m fastulm.predict RUN_DIR --file - > predictions.csv
 
-``--file`` reads one text per line, or a CSV when the name ends in ``.csv`` or ``--text-col``
-is given (the column defaults to ``text``). ``--file -`` reads standard input by the same
-rule: lines, or a CSV when ``--text-col`` is given (there is no name to tell). Any text size
-the tokenizer takes is read, however long one CSV field is.
+``--file`` reads one text per line (blank lines skipped), or a CSV when the name ends in
+``.csv`` or ``--text-col``/``--id-col`` is given (the text column defaults to ``text``).
+``--file -`` reads standard input by the same rule. Any text size the tokenizer takes is
+read, however long one CSV field is.
 
-Predictions go to a CSV, ``--out`` (default ``RUN_DIR/predictions.csv``), written by
-``fastulm.files``: a regular file is replaced atomically, a FIFO or device (``/dev/stdout``)
-is written through, ``-`` is standard output. ``--out`` is checked before the model runs,
-and the "wrote N predictions" note goes to standard error so that standard output stays a
-clean CSV. ``--also`` averages the probabilities of more classifier runs (e.g. a backward
-one, the paper's best IMDB result).
+Predictions go to a CSV with an id column (the ``--id-col`` value, else the input's line or
+row number), ``label`` and one ``p_<class>`` per class, rows in input order. ``--out``
+defaults to NAME.predictions.csv beside the input (standard output for ``--file -``), never
+the run directory; it is written by ``fastulm.files`` (atomic for a regular file, written
+through for a FIFO or device, ``-`` is standard output) and checked before the model runs.
+The "wrote N predictions" note and the progress bar (docs/s, when stderr is a terminal) go
+to standard error, so standard output stays a clean CSV.
+
+Single-label runs give softmax probabilities and the likeliest class; multi-label runs
+(config.json ``task``) one sigmoid per class and every class over the threshold (the run's,
+or ``--threshold``), joined by the run's ``label_delim`` (``;`` when it has none; empty when
+no class is over). ``--also`` averages the probabilities of more runs (e.g. a backward
+classifier, the paper's best IMDB result). The loop itself is ``fastulm.prediction``.
 """
 
 from __future__ import annotations
@@ -35,19 +44,44 @@ def _parser() -> argparse.ArgumentParser:
         "python -m fastulm.predict",
         "Classify texts with a classifier trained by python -m fastulm.train clas.",
     )
-    p.add_argument("run_dir", help="classifier run directory")
+    p.add_argument("run_dir", help="classifier run directory (with --onnx: an export folder)")
     p.add_argument("text", nargs="?", help="a text to classify")
     p.add_argument(
         "--file", help="one text per line, or a CSV (.csv or --text-col); - = standard input"
     )
     p.add_argument("--text-col", help="the CSV column holding the text (default text)")
     p.add_argument(
+        "--id-col", help="the CSV column copied to the output as the id (default: row number)"
+    )
+    p.add_argument(
         "--out",
-        help="where --file predictions go; - = standard output (default RUN_DIR/predictions.csv)",
+        help="where --file predictions go; - = standard output "
+        "(default: beside the input, NAME.predictions.csv; standard output for --file -)",
     )
     p.add_argument("--also", action="append", default=[], help="another run to average with")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="RUN_DIR (and --also) are folders written by python -m fastulm.export, run by "
+        "onnxruntime",
+    )
     p.add_argument("--bs", type=int, default=64, help="texts per batch (default 64)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present), cpu, cuda, cuda:1 (default auto)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto: bf16 where the device has it natively (default auto)",
+    )
+    p.add_argument("--workers", type=int, help="tokenizer processes (default: all cores)")
+    p.add_argument(
+        "--threshold", type=float, help="multi-label runs: a class is predicted over this"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
 
 
@@ -76,22 +110,33 @@ def _read_source(source: str) -> tuple[str, bytes]:
     return str(path), path.read_bytes()
 
 
-def read_texts(source: str | Path, text_col: str | None = None) -> list[str]:
-    """The texts of ``source`` (a path, or ``-``): one per line, or the ``text_col`` column
-    of a CSV when the name ends in .csv or ``text_col`` is given (default column ``text``)."""
+def read_rows(
+    source: str | Path, text_col: str | None = None, id_col: str | None = None
+) -> tuple[list[str], list[str]]:
+    """(ids, texts) of ``source`` (a path, or ``-``).
+
+    A CSV (the name ends in .csv, or a column is named; the text column defaults to
+    ``text``): one text per row, its id the ``id_col`` cell, else the row number (1 = the
+    first row after the header). Otherwise one text per line, its id the line number; blank lines are
+    skipped, not scored as reviews.
+    """
     name, data = _read_source(str(source))
     try:
         raw = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not text
     except UnicodeDecodeError as err:
         raise ValueError(f"{name}: not UTF-8 text (byte {err.start})") from None
-    if text_col is not None or str(source).lower().endswith(".csv"):
+    if text_col is not None or id_col is not None or str(source).lower().endswith(".csv"):
         col = text_col or "text"
         _no_csv_field_limit()
         reader = csv.DictReader(io.StringIO(raw, newline=""))
         try:
-            if reader.fieldnames is None or col not in reader.fieldnames:
-                raise ValueError(f"{name}: no column {col!r} (columns: {reader.fieldnames})")
-            texts = [row[col] or "" for row in reader]
+            for c in (col, id_col):
+                if c is not None and (reader.fieldnames is None or c not in reader.fieldnames):
+                    raise ValueError(f"{name}: no column {c!r} (columns: {reader.fieldnames})")
+            rows = [
+                (row[id_col] if id_col else str(i), row[col] or "")
+                for i, row in enumerate(reader, 1)
+            ]
         except csv.Error as err:
             raise ValueError(
                 f"{name}: not a readable CSV (line {reader.line_num}: {err})"
@@ -99,52 +144,56 @@ def read_texts(source: str | Path, text_col: str | None = None) -> list[str]:
     else:
         # lines end at \n (or \r\n) only: str.splitlines would also break a review at a
         # form feed or U+2028 inside it, and the rows would stop lining up with the input
-        texts = [line.removesuffix("\r") for line in raw.split("\n")]
-        if texts and texts[-1] == "":
-            texts.pop()
-    if not texts:
+        lines = [line.removesuffix("\r") for line in raw.split("\n")]
+        rows = [(str(i), line) for i, line in enumerate(lines, 1) if line.strip()]
+    if not rows:
         raise ValueError(f"{name}: no texts")
-    return texts
+    return [r[0] for r in rows], [r[1] for r in rows]
 
 
-def predict_runs(run_dirs: list[str], texts: list[str], bs: int, device: str):
-    """Average class probabilities over one or more classifier runs."""
-    import torch
-
-    from fastulm.generation import NonFiniteError
-    from fastulm.prediction import predict_labels
-    from fastulm.run_reader import load_run
-
-    probs, names = None, None
-    for rd in run_dirs:
-        run = load_run(rd, device)
-        if run.kind != "clas":
-            raise ValueError(f"{rd}: a {run.kind} run, not a classifier")
-        backwards = run.config.get("settings", {}).get("backwards", False)
-        try:
-            _, p = predict_labels(run.model, run.vocab, run.label_names, texts, bs, backwards)
-        except NonFiniteError as err:
-            raise ValueError(f"{rd}: {err}") from None
-        if names is not None and run.label_names != names:
-            raise ValueError(f"{rd}: labels {run.label_names} differ from {names}")
-        names = run.label_names
-        probs = p if probs is None else probs + p
-    probs = probs / len(run_dirs)
-    labels = [names[i] if names else str(i) for i in torch.argmax(probs, 1).tolist()]
-    return labels, probs, names or [str(i) for i in range(probs.shape[1])]
+def read_texts(source: str | Path, text_col: str | None = None) -> list[str]:
+    """The texts of ``source`` (see ``read_rows``)."""
+    return read_rows(source, text_col)[1]
 
 
-def _csv_text(labels: list[str], probs, names: list[str]) -> str:
+def predict_runs(run_dirs: list[str], texts: list[str], args: argparse.Namespace):
+    """Labels and probabilities of ``texts``, averaged over one or more runs."""
+    common = dict(bs=args.bs, workers=args.workers, threshold=args.threshold)
+    progress = False if args.no_progress else None
+    if args.onnx:
+        from fastulm.inference import predict_exported
+
+        return predict_exported(run_dirs, texts, progress=progress, **common)
+    from fastulm.prediction import predict_texts
+
+    return predict_texts(
+        run_dirs, texts, device=args.device, precision=args.precision, progress=progress, **common
+    )
+
+
+def _csv_text(ids: list[str], id_name: str, pred) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["label", *[f"p_{n}" for n in names]])
-    for label, row in zip(labels, probs.tolist()):
-        w.writerow([label, *[f"{v:.6f}" for v in row]])
+    w.writerow([id_name, "label", *[f"p_{n}" for n in pred.names]])
+    for i, label, row in zip(ids, pred.labels, pred.probs.tolist()):
+        w.writerow([i, label, *[f"{v:.6f}" for v in row]])
     return buf.getvalue()
 
 
+def default_out(source: str) -> str:
+    """Beside the input (NAME.predictions.csv), never into the model's run directory;
+    standard output when the input is standard input."""
+    from fastulm.files import is_stdio
+
+    if is_stdio(source):
+        return "-"
+    path = Path(source)
+    return str(path.with_name(f"{path.stem}.predictions.csv"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    # intermixed: the text may follow an option (``RUN --onnx "text"``)
+    args = _parser().parse_intermixed_args(argv)
     if (args.text is None) == (args.file is None):
         print("error: give a text or --file (not both)", file=sys.stderr)
         return 2
@@ -154,28 +203,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.bs < 1:
         print(f"error: --bs must be >= 1, got {args.bs}", file=sys.stderr)
         return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        print(f"error: --threshold must be in [0, 1], got {args.threshold}", file=sys.stderr)
+        return 2
     from fastulm.files import check_writable, write_text
     from fastulm.weights import CheckpointError
 
     out = None
     if args.file is not None:
-        out = args.out if args.out is not None else str(Path(args.run_dir) / "predictions.csv")
+        out = args.out if args.out is not None else default_out(args.file)
     try:
         if out is not None:
             check_writable(out)  # before the model runs, not after
-        texts = [args.text] if args.file is None else read_texts(args.file, args.text_col)
-        labels, probs, names = predict_runs([args.run_dir, *args.also], texts, args.bs, args.device)
+        if args.file is None:
+            ids, texts = ["1"], [args.text]
+        else:
+            ids, texts = read_rows(args.file, args.text_col, args.id_col)
+        pred = predict_runs([args.run_dir, *args.also], texts, args)
         if out is not None:
-            write_text(out, _csv_text(labels, probs, names))
+            write_text(out, _csv_text(ids, args.id_col or "id", pred))
     except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if out is None:
-        cells = ", ".join(f"{n}: {p:.4f}" for n, p in zip(names, probs[0].tolist()))
-        print(f"{labels[0]}  ({cells})")
+        cells = ", ".join(f"{n}: {p:.4f}" for n, p in zip(pred.names, pred.probs[0].tolist()))
+        print(f"{pred.labels[0] or '(no label)'}  ({cells})")
     else:
         where = "standard output" if out == "-" else out
-        print(f"wrote {len(labels)} predictions to {where}", file=sys.stderr)
+        print(f"wrote {len(pred.labels)} predictions to {where}", file=sys.stderr)
     return 0
 
 

@@ -2,18 +2,20 @@
 
 Shared by training (checkpoints, ``learn.save``) and inference (reading a run back), so it
 belongs to neither. Tied tensors are stored once; the checksum (fastulm.checksums) makes a
-damaged file an error, never a model with changed weights.
+damaged file an error, never a model with changed weights. torch and safetensors are
+imported where used, so that the torch-free ONNX path can name ``CheckpointError``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from safetensors.torch import load_model, save_model
-from torch import nn
+from typing import TYPE_CHECKING
 
 from fastulm.checksums import DamagedFileError, seal_safetensors, verify_safetensors
 from fastulm.files import atomic_write
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class CheckpointError(RuntimeError):
@@ -31,6 +33,7 @@ def error_summary(err: BaseException) -> str:
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """Model weights as safetensors (shared tensors such as the tied decoder stored once)."""
+    from safetensors.torch import save_model
 
     def write(tmp: str) -> None:
         try:
@@ -45,6 +48,8 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+    from safetensors.torch import load_model
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")

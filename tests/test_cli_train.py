@@ -10,11 +10,10 @@ from safetensors.torch import load_file
 
 from fastulm import generate, open_corpus, predict
 from fastulm.model import get_language_model
-from fastulm.tokenize import main as tokenize_main
 from fastulm.train.__main__ import EXIT_TIME_LIMIT
 from fastulm.train.__main__ import main as train_main
 from fastulm.train.presets import get_preset
-from fastulm_testkit import one_torch_thread  # noqa: F401 (autouse here)
+from fastulm_testkit import TINY_TRAIN, one_torch_thread, write_small_corpus  # noqa: F401
 
 
 def _run(*args):
@@ -39,34 +38,10 @@ def test_help(args):
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     """A 120-review corpus tokenized by the real tokenizer (positive / negative words)."""
-    root = tmp_path_factory.mktemp("cli")
-    good = ["great", "wonderful", "loved", "superb", "fun"]
-    bad = ["awful", "boring", "hated", "dull", "bad"]
-    rows = ["label,text,is_valid"]
-    for i in range(120):
-        words = good if i % 2 else bad
-        text = f"This film was {words[i % 5]} and {words[(i + 2) % 5]}. The cast was {words[(i + 3) % 5]}!"
-        rows.append(f'{"pos" if i % 2 else "neg"},"{text}",{i % 6 == 0}')
-    (root / "t.csv").write_text("\n".join(rows) + "\n")
-    assert (
-        tokenize_main([str(root / "t.csv"), str(root / "corpus"), "--workers", "1", "--quiet"]) == 0
-    )
-    return root / "corpus"
+    return write_small_corpus(tmp_path_factory.mktemp("cli"))
 
 
-TINY = [
-    "--preset",
-    "tiny",
-    "--bs",
-    "8",
-    "--bptt",
-    "8",
-    "--quiet",
-    "--device",
-    "cpu",
-    "--threads",
-    "1",
-]
+TINY = TINY_TRAIN
 
 
 def test_time_limit_then_resume_equals_one_run(small_corpus, tmp_path):
@@ -173,7 +148,7 @@ def test_classifier_and_predict_file(small_corpus, tmp_path, capsys):
     texts.write_text("This film was great.\nIt was awful and dull.\n")
     assert predict.main([str(clas), "--file", str(texts), "--out", str(tmp_path / "o.csv")]) == 0
     rows = (tmp_path / "o.csv").read_text().splitlines()
-    assert rows[0] == "label,p_neg,p_pos" and len(rows) == 3
+    assert rows[0] == "id,label,p_neg,p_pos" and len(rows) == 3  # an id column to join back
     capsys.readouterr()
     assert generate.main([str(clas), "hello"]) == 1
     assert "not a language model" in _one_error_line(capsys)

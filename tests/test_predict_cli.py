@@ -15,7 +15,7 @@ import threading
 import pytest
 import torch
 
-from fastulm import generate, predict
+from fastulm import export, generate, predict
 from fastulm.model import get_classifier
 from fastulm.text import tokenize_texts
 from fastulm.train.run_dir import write_run
@@ -43,17 +43,20 @@ def clas(tmp_path_factory):
     return run, _write_clas_run(run)
 
 
-def expected_csv(model, texts):
-    """Independent expectation: each text alone through the model, no batching or padding."""
+def expected_csv(model, texts, ids=None, id_name="id"):
+    """Independent expectation: each text alone through the model, no batching or padding;
+    the id column is the row number unless ``ids`` are given."""
     stoi = {t: i for i, t in enumerate(VOCAB)}
+    ids = ids or [str(i) for i in range(1, len(texts) + 1)]
     model.eval()
-    lines = ["label,p_neg,p_pos"]
+    lines = [f"{id_name},label,p_neg,p_pos"]
     with torch.no_grad():
-        for toks in tokenize_texts(texts):
+        for row_id, toks in zip(ids, tokenize_texts(texts)):
             model.reset()
-            ids = torch.tensor([[stoi.get(t, 0) for t in toks]])
-            p = torch.softmax(model(ids).logits.float(), -1)[0].tolist()
-            lines.append(",".join([["neg", "pos"][p[1] > p[0]], *[f"{v:.6f}" for v in p]]))
+            x = torch.tensor([[stoi.get(t, 0) for t in toks]])
+            p = torch.softmax(model(x).logits.float(), -1)[0].tolist()
+            label = ["neg", "pos"][p[1] > p[0]]
+            lines.append(",".join([row_id, label, *[f"{v:.6f}" for v in p]]))
     return "\r\n".join(lines) + "\r\n"  # csv.writer's line ends
 
 
@@ -113,15 +116,17 @@ def test_out_dash_is_a_clean_csv_on_stdout(clas, texts_file, capsys):
 
 
 def test_out_regular_file_and_default(clas, texts_file, tmp_path, capsys):
+    """Without --out the predictions go beside the input, never into the run directory."""
     run, model = clas
     out = tmp_path / "o.csv"
     out.write_text("old")
     assert predict.main([str(run), "--file", str(texts_file), "--out", str(out)]) == 0
     assert out.read_bytes().decode() == expected_csv(model, TEXTS)
     assert predict.main([str(run), "--file", str(texts_file)]) == 0
-    assert (run / "predictions.csv").read_bytes().decode() == expected_csv(model, TEXTS)
+    beside = tmp_path / "reviews.predictions.csv"
+    assert beside.read_bytes().decode() == expected_csv(model, TEXTS)
+    assert not (run / "predictions.csv").exists()
     assert capsys.readouterr().out == ""  # the note went to stderr
-    (run / "predictions.csv").unlink()
 
 
 def _stdin(monkeypatch, data: bytes):
@@ -270,16 +275,227 @@ def check_defaults_shown_once(parser):
             assert entry.count("default") == 1 and str(action.default) in entry, entry
 
 
-@pytest.mark.parametrize("cli", [predict, generate], ids=["predict", "generate"])
+@pytest.mark.parametrize("cli", [predict, generate, export], ids=["predict", "generate", "export"])
 def test_help_shows_each_default_once(cli):
     check_defaults_shown_once(cli._parser())
 
 
 def test_a_line_is_a_text_whatever_it_holds(tmp_path):
     """Only \n (or \r\n) ends a text: a form feed or U+2028 inside a review used to split it
-    in two, and the output rows no longer matched the input lines."""
-    from fastulm.predict import read_texts
+    in two, and the output rows no longer matched the input lines. Blank lines are skipped
+    (not scored as reviews); each text's id is its line number."""
+    from fastulm.predict import read_rows
 
     path = tmp_path / "in.txt"
-    path.write_bytes("one\x0cstill one\r\ntwo\u2028still two\n\nfour\n".encode())
-    assert read_texts(path, None) == ["one\x0cstill one", "two\u2028still two", "", "four"]
+    path.write_bytes("one\x0cstill one\r\ntwo\u2028still two\n\n  \nfive\n".encode())
+    assert read_rows(path, None) == (
+        ["1", "2", "5"],
+        ["one\x0cstill one", "two\u2028still two", "five"],
+    )
+
+
+# ------------------------------------------------------------------ batch prediction
+
+
+def _model_probs(model, texts, multi=False):
+    """Each text alone through the model: softmax (or per-class sigmoid) of its logits."""
+    stoi = {t: i for i, t in enumerate(VOCAB)}
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for toks in tokenize_texts(texts):
+            model.reset()
+            logits = model(torch.tensor([[stoi.get(t, 0) for t in toks]])).logits.float()[0]
+            out.append((torch.sigmoid(logits) if multi else torch.softmax(logits, -1)).tolist())
+    return out
+
+
+def _read_csv(text):
+    import csv
+
+    return list(csv.reader(io.StringIO(text)))
+
+
+def assert_csv_close(got, want):
+    """Same header, ids and labels; probabilities within 2e-6 (batching and padding change
+    the float rounding, which may move the sixth decimal)."""
+    got, want = _read_csv(got), _read_csv(want)
+    assert [r[:2] for r in got] == [r[:2] for r in want]
+    for g, w in zip(got[1:], want[1:]):
+        assert [float(v) for v in g[2:]] == pytest.approx([float(v) for v in w[2:]], abs=2e-6)
+
+
+def test_many_texts_keep_input_order_and_ids(clas, tmp_path, capsys):
+    """Batches are cut from texts sorted by length; rows still come back in input order,
+    with the --id-col value (blank lines of a .txt are skipped, ids are line numbers)."""
+    run, model = clas
+    words = ["great", "awful", "fun", "dull", "film", "was", "the"]
+    texts = [" ".join(words[(i + k) % 7] for k in range(1 + (i * 5) % 23)) for i in range(30)]
+    src = tmp_path / "r.csv"
+    src.write_text("key,text\n" + "".join(f"k{i},{t}\n" for i, t in enumerate(texts)))
+    args = [str(run), "--file", str(src), "--id-col", "key", "--bs", "4", "--out", "-"]
+    assert predict.main(args) == 0
+    want = expected_csv(model, texts, [f"k{i}" for i in range(30)], id_name="key")
+    assert_csv_close(capsys.readouterr().out, want)
+    txt = tmp_path / "r.txt"
+    txt.write_text("\n".join(["", texts[0], "   ", texts[1], ""]) + "\n")
+    assert predict.main([str(run), "--file", str(txt), "--out", "-"]) == 0
+    assert_csv_close(capsys.readouterr().out, expected_csv(model, texts[:2], ["2", "4"]))
+
+
+def test_long_inputs_are_read_whole_and_pool_the_last_max_len(tmp_path, capsys):
+    """A document longer than max_len: the LSTM reads all of it, the head pools the last
+    max_len tokens (as in training) -- the same as the model on the whole document, not
+    the model on its first max_len tokens."""
+    torch.manual_seed(1)
+    model = get_classifier(len(VOCAB), 2, bptt=4, max_len=8, **SMALL)
+    run = tmp_path / "clas"
+    write_run(run, model, VOCAB, ["neg", "pos"], {"kind": "clas"})
+    long = "great fun film . " * 6 + "awful dull film ."
+    texts = [long, long.replace("great", "dull"), "great"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    args = [str(run), "--file", str(tmp_path / "in.txt"), "--bs", "1", "--out", "-"]
+    assert predict.main(args) == 0
+    assert_csv_close(capsys.readouterr().out, expected_csv(model, texts))
+    head = " ".join(tokenize_texts([long])[0][1:7])  # about the first max_len tokens
+    assert _model_probs(model, [long]) != _model_probs(model, [head])
+
+
+def test_also_averages_the_runs(clas, tmp_path, texts_file, capsys):
+    run, model = clas
+    torch.manual_seed(7)
+    other = get_classifier(len(VOCAB), 2, **SMALL)
+    write_run(tmp_path / "other", other, VOCAB, ["neg", "pos"], {"kind": "clas"})
+    args = [str(run), "--file", str(texts_file), "--also", str(tmp_path / "other"), "--out", "-"]
+    assert predict.main(args) == 0
+    rows = _read_csv(capsys.readouterr().out)[1:]
+    a, b = _model_probs(model, TEXTS), _model_probs(other, TEXTS)
+    for row, pa, pb in zip(rows, a, b):
+        avg = [(x + y) / 2 for x, y in zip(pa, pb)]
+        assert row[1] == ["neg", "pos"][avg[1] > avg[0]]
+        assert [float(v) for v in row[2:]] == pytest.approx(avg, abs=1e-6)
+
+
+def _write_multi_run(path, names=("action", "comedy", "drama"), delim="|", threshold=0.5):
+    torch.manual_seed(5)
+    model = get_classifier(len(VOCAB), len(names), **SMALL)
+    with torch.no_grad():  # spread the logits so that some classes are over 0.5, some not
+        model.head.layers[0][0].running_var.fill_(1e-3)
+        model.head.layers[-1][-1].weight.mul_(3)
+    settings = {"kind": "clas", "task": "multi_label", "label_delim": delim}
+    write_run(path, model, VOCAB, list(names), {**settings, "threshold": threshold})
+    return model
+
+
+@pytest.mark.parametrize("threshold", [None, 0.2, 0.999])
+def test_multi_label_run_sigmoids_and_threshold(tmp_path, texts_file, capsys, threshold):
+    """task=multi_label: one sigmoid per class; the label is every class over the threshold
+    (the run's, or --threshold), joined by the run's label_delim, empty when none is."""
+    names = ["action", "comedy", "drama"]
+    model = _write_multi_run(tmp_path / "multi", names)
+    more = ["film film", "great great great", "the dull and the awful"]
+    texts_file.write_text("\n".join(TEXTS + more) + "\n")
+    args = [str(tmp_path / "multi"), "--file", str(texts_file), "--out", "-"]
+    args += [] if threshold is None else ["--threshold", str(threshold)]
+    assert predict.main(args) == 0
+    rows = _read_csv(capsys.readouterr().out)
+    assert rows[0] == ["id", "label", "p_action", "p_comedy", "p_drama"]
+    t = 0.5 if threshold is None else threshold
+    labels = []
+    for row, p in zip(rows[1:], _model_probs(model, TEXTS + more, multi=True)):
+        assert [float(v) for v in row[2:]] == pytest.approx(p, abs=1e-6)
+        assert row[1] == "|".join(n for n, v in zip(names, p) if v > t)
+        labels.append(row[1])
+    if threshold is None:  # the model was made so that the default threshold discriminates
+        assert any("|" in lab for lab in labels) and len(set(labels)) > 1
+    if threshold == 0.999:
+        assert "" in labels
+
+
+def test_multi_label_single_text_prints_its_classes(tmp_path, capsys):
+    model = _write_multi_run(tmp_path / "multi", delim=None)
+    assert predict.main([str(tmp_path / "multi"), "great great great", "--threshold", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("action;comedy;drama  (action: ")  # no delimiter: ';'
+    p = _model_probs(model, ["great great great"], multi=True)[0]
+    assert f"drama: {p[2]:.4f}" in out
+
+
+def test_workers_tokenize_as_the_corpus_does(monkeypatch):
+    """Tokenizing in worker processes gives each text the ids of the corpus tokenizer
+    (tokenize_texts + the vocab), in input order."""
+    from fastulm import prediction
+    from fastulm.generation import encode_texts
+
+    monkeypatch.setattr(prediction, "POOL_MIN_TEXTS", 10)
+    monkeypatch.setattr(prediction, "TASK_TEXTS", 7)
+    texts = [
+        f"The film was {'GREAT' if i % 3 else 'awful'}!!! {'fun ' * (i % 5)}" for i in range(40)
+    ]
+    got = prediction.encode_ids(VOCAB, texts, workers=2)
+    want = encode_texts(VOCAB, texts)
+    assert len(got) == len(want) and all(list(g) == list(w) for g, w in zip(got, want))
+
+
+def test_progress_bar_reports_docs_per_second(clas, capsys):
+    from fastulm.prediction import predict_texts
+
+    run, _ = clas
+    predict_texts([run], TEXTS, device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert "predicting" in err and "doc/s" in err
+
+
+def test_bf16_on_cpu_runs_near_fp32_or_is_one_error(clas, texts_file, capsys):
+    from fastulm.prediction import cpu_bf16_lstm_works, predict_texts
+
+    run, _ = clas
+    if not cpu_bf16_lstm_works():  # below AVX-512 oneDNN has no bf16 LSTM
+        args = [str(run), "--file", str(texts_file), "--out", "-", "--precision", "bf16"]
+        assert predict.main(args) == 1
+        assert "oneDNN has no bf16 LSTM here" in _one_error_line(capsys)
+        return
+    fp32 = predict_texts([run], TEXTS, device="cpu", precision="fp32")
+    bf16 = predict_texts([run], TEXTS, device="cpu", precision="bf16")
+    assert abs(bf16.probs - fp32.probs).max() < 2e-2
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--id-col", "nope"], "no column 'nope'"),
+    ],
+)
+def test_bad_device_or_column_is_one_error(clas, tmp_path, capsys, flags, says):
+    run, _ = clas
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n1,great film\n")
+    assert predict.main([str(run), "--file", str(src), "--out", "-", *flags]) == 1
+    assert says in _one_error_line(capsys)
+
+
+def test_bad_threshold_is_a_usage_error(clas, capsys):
+    run, _ = clas
+    assert predict.main([str(run), "text", "--threshold", "1.5"]) == 2
+    assert "--threshold must be in [0, 1]" in _one_error_line(capsys)
+
+
+def test_an_lm_run_is_one_error(tmp_path, capsys):
+    from fastulm.model import get_language_model
+
+    write_run(tmp_path / "lm", get_language_model(len(VOCAB), **SMALL), VOCAB, None, {"kind": "lm"})
+    assert predict.main([str(tmp_path / "lm"), "text"]) == 1
+    assert "a lm run, not a classifier" in _one_error_line(capsys)
+
+
+def test_out_of_memory_says_lower_bs(clas, texts_file, monkeypatch, capsys):
+    from fastulm import prediction
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(prediction, "classifier_logits", oom)
+    run, _ = clas
+    assert predict.main([str(run), "--file", str(texts_file), "--out", "-", "--bs", "512"]) == 1
+    assert "out of memory on cpu at 512 texts a batch; lower --bs" in _one_error_line(capsys)
