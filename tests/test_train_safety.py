@@ -194,18 +194,27 @@ def test_a_stop_before_training_does_not_promise_a_resume(corpus, tmp_path, caps
 
 
 def test_one_class_training_set_is_refused(tmp_path, capsys):
+    """tokenize refuses a one-class table; a corpus made another way (the Python API) is
+    refused by train clas, before a 1-class classifier that always answers the same."""
+    import numpy as np
+
+    from fastulm.data.corpus import split_batch, write_corpus
+    from fastulm.data.vocab import Vocab
     from fastulm.tokenize import main as tokenize_main
 
-    rows = ["label,text,is_valid"] + [
-        f"pos,review number {i} was fine,{i % 4 == 0}" for i in range(40)
-    ]
+    rows = ["label,text,is_valid"] + [f"pos,review {i} was fine,{i % 4 == 0}" for i in range(40)]
     (tmp_path / "one.csv").write_text("\n".join(rows) + "\n")
-    corpus = tmp_path / "corpus"
-    assert tokenize_main([str(tmp_path / "one.csv"), str(corpus), "--workers", "1", "--quiet"]) == 0
-    lm = tmp_path / "lm"
-    assert train_main(["lm", str(corpus), str(lm), *TINY_TRAIN, "--epochs", "0"]) == 0
-    capsys.readouterr()
-    argv = ["clas", str(corpus), str(tmp_path / "c"), *TINY_TRAIN, "--encoder", str(lm)]
+    argv = [str(tmp_path / "one.csv"), str(tmp_path / "tok"), "--workers", "1", "--quiet"]
+    assert tokenize_main(argv) == 1
+    assert "one class" in _err_line(capsys)
+    vocab = Vocab(["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "fine"])
+    docs = np.array([2, 8] * 20, np.int32)
+    offsets = np.arange(0, 41, 2)
+    batch = split_batch(docs, offsets, np.zeros(20, np.int64), map(str, range(20)))
+    corpus = write_corpus(
+        tmp_path / "corpus", vocab, {"train": batch, "valid": batch}, {"label_names": ["pos"]}
+    )
+    argv = ["clas", str(corpus), str(tmp_path / "c"), *TINY_TRAIN]
     assert train_main(argv) == 1
     assert "only one class ('pos')" in _err_line(capsys)
     assert not (tmp_path / "c").exists()
