@@ -19,65 +19,17 @@ from __future__ import annotations
 
 import gc
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+
+from fastulm.train.memory_peak import StoragePeak
 
 MiB = 2**20
-
-
-class PeakMemory(TorchDispatchMode):
-    """Peak bytes of tensor storages created (and still alive) while the mode is active."""
-
-    def __init__(self):
-        super().__init__()
-        self.current = 0
-        self.peak = 0
-        self._live: dict[int, tuple[int, weakref.ref]] = {}
-
-    def _track(self, out) -> None:
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
-                continue
-            st = t.untyped_storage()
-            key, n = st.data_ptr(), st.nbytes()
-            if n == 0 or key in self._live:
-                continue
-            self._live[key] = (n, weakref.ref(st, lambda _r, key=key: self._free(key)))
-            self.current += n
-            self.peak = max(self.peak, self.current)
-
-    def _free(self, key: int) -> None:
-        entry = self._live.pop(key, None)
-        if entry is not None:
-            self.current -= entry[0]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        impl = _custom_impl(func)
-        if impl is not None:  # run the op's python body under the meter: count its temporaries
-            with self:
-                out = impl(*args, **kwargs)
-        else:
-            out = func(*args, **kwargs)
-        if not any(r.alias_info is not None for r in func._schema.returns):
-            self._track(out)  # views and in-place results share an existing storage
-        return out
-
-
-def _custom_impl(func) -> Callable | None:
-    """The python body of a fastulm custom op (None for any other op)."""
-    if getattr(func, "namespace", None) != "fastulm":
-        return None
-    from torch._library.custom_ops import OPDEFS
-
-    opdef = OPDEFS.get(func._schema.name)
-    return None if opdef is None else opdef._init_fn
+# the meter the memory planner uses (fastulm/train/memory_peak.py), with no base and no limit
+PeakMemory = StoragePeak
 
 
 @dataclass
