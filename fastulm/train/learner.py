@@ -473,7 +473,7 @@ class Learner:
             with self.precision.autocast():
                 out = self._forward(x, y)
             if counts is not None:
-                counts += self._counts(out["pred"], y)
+                counts += self._counts(out["pred"], y, counts.shape[-1])
             n = out["n"]
             sums += torch.stack(
                 [
@@ -509,8 +509,7 @@ class Learner:
         shape = (c, c) if self.task == "single_label" else (3, c)
         return torch.zeros(shape, dtype=torch.float64, device=self.device)
 
-    def _counts(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        c = self.n_classes
+    def _counts(self, pred: torch.Tensor, y: torch.Tensor, c: int) -> torch.Tensor:
         if self.task == "single_label":
             flat = torch.bincount(y * c + pred, minlength=c * c)
             return flat.view(c, c).double()
