@@ -1,0 +1,152 @@
+"""The tokenizer worker processes: each owns a ``Tokenizer`` and returns, per batch, local
+ids plus the table entries it added since its last batch (see pipeline.py); the parent is
+one of the workers.
+
+Kept apart from pipeline.py so that a worker imports the tokenizer and nothing of the
+corpus writer (pyarrow, the numba counting kernels).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from fastulm.data.sources import decode_text
+
+_TOKENIZER = None
+_SENT = 0
+
+
+def default_tokenizer():
+    from fastulm.text.tokenizer import Tokenizer
+
+    return Tokenizer()
+
+
+def _worker_init(factory: Callable, child: bool = False) -> None:
+    global _TOKENIZER, _SENT
+    if child:  # the parent handles Ctrl-C and SIGTERM and stops the pool itself
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _TOKENIZER, _SENT = factory(), 0
+
+
+def _worker_run(task: tuple[int, list, bool, bool]):
+    """Tokenize one batch; return local ids, doc lengths, new table entries, bad docs."""
+    global _SENT
+    index, items, from_file, is_path = task
+    tok = _TOKENIZER
+    texts, bad = [], []
+    for j, data in enumerate(items):
+        text, not_utf8 = decode_text(data, from_file, is_path)
+        if not_utf8:
+            bad.append(j)
+        texts.append(text)
+    if hasattr(tok, "encode_batch"):
+        ids, offsets = tok.encode_batch(texts)
+        lengths = np.diff(offsets).astype(np.int64)
+    else:
+        arrays = [tok.encode(t) for t in texts]
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        ids = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+    ids = np.ascontiguousarray(ids, dtype=np.int32)
+    start, table = _SENT, tok.tokens
+    new = table[start:]
+    _SENT = len(table)
+    return index, os.getpid(), start, new, ids, lengths, bad
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _widen_pipes(pool) -> None:
+    """1 MB pipes between the parent and the pool (Linux; 64 KB by default): a child then
+    hands over a batch's ids (about 500 KB) at once instead of waiting, chunk by chunk, for
+    the parent's result thread to get the GIL back from the parent's own tokenizing. Only
+    a speed-up: skipped where the pool's pipes or the fcntl are not there."""
+    try:
+        import fcntl
+
+        for conn in (pool._result_queue._reader, pool._call_queue._writer):
+            fcntl.fcntl(conn.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def _start_pool(factory: Callable, n_children: int):
+    """``n_children`` worker processes, started now so that their start-up (imports,
+    numba's cached kernels) overlaps the parent's.
+
+    They are spawned, not forked: by now the parent runs threads (numpy's BLAS, pyarrow's
+    allocator), and a child forked from a process with threads can deadlock (Python 3.12
+    warns). A ProcessPoolExecutor notices a child that dies (killed, out of memory) and
+    fails its batches, where a multiprocessing.Pool would wait for them for ever."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(
+        n_children, mp.get_context("spawn"), initializer=_worker_init, initargs=(factory, True)
+    )
+    for _ in range(n_children):  # one process is started per task while none is idle
+        pool.submit(int)
+    _widen_pipes(pool)
+    return pool, list(pool._processes.values())
+
+
+def _stop_pool(pool, procs: list) -> None:
+    """Stop the children at once (an error or Ctrl-C in the parent): nothing waits on them."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        p.join(5)
+
+
+def _worker_died(procs: list) -> ChildProcessError:
+    """One line on the child that died (an OSError, so the CLI prints it as such)."""
+    for p in procs:
+        p.join(1)  # its exit code, once reaped
+    dead = [p for p in procs if p.exitcode not in (None, 0)]
+    how = "died"
+    if dead:
+        code = dead[0].exitcode
+        how = f"(pid {dead[0].pid}) " + (
+            f"was killed by {signal.Signals(-code).name}"
+            + (" (out of memory?)" if code == -signal.SIGKILL else "")
+            if code < 0
+            else f"exited with status {code}"
+        )
+    return ChildProcessError(f"a tokenizer worker process {how}; nothing written")
+
+
+def _shared(tasks: Iterator[tuple], pool, n_children: int, procs: list) -> Iterator[tuple]:
+    """Results of every task, in no set order. The parent is one of the workers: it keeps
+    each child four batches ahead and tokenizes the next batch itself while they work, so
+    one core is not spent on passing half the data through pipes. A child that dies, or
+    runs out of memory, is one ChildProcessError."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending: deque = deque()
+    try:
+        for task in tasks:
+            while pending and pending[0].done():
+                yield pending.popleft().result()
+            if len(pending) < 4 * n_children:
+                pending.append(pool.submit(_worker_run, task))
+            else:
+                yield _worker_run(task)
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool:
+        raise _worker_died(procs) from None
+    except MemoryError:
+        raise ChildProcessError("a tokenizer worker ran out of memory; nothing written") from None
