@@ -17,13 +17,15 @@ default), or an http(s) URL of one of those.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 
 from fastulm.cli import parser
 from fastulm.data import DataError
-from fastulm.data.sources import OptionError
+from fastulm.data.sources import OptionError, SourceOptions
+from fastulm.data.workers import WorkerPool, default_workers
 from fastulm.stop import StopRequest
 
 
@@ -112,11 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> None:
-    from fastulm.data.parts import merge_parts, tokenize_shard
-    from fastulm.data.pipeline import VocabOptions, tokenize_source
-    from fastulm.data.sources import SourceOptions
+def _vocab_options(args: argparse.Namespace):
+    from fastulm.data.pipeline import VocabOptions
 
+    return VocabOptions(
+        max_vocab=args.max_vocab if args.max_vocab > 0 else None,
+        min_freq=args.min_freq,
+        vocab_from=args.vocab_from.split(",") if args.vocab_from else None,
+        vocab_path=args.vocab,
+    )
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> None:
     if args.show is not None:
         from fastulm.data.corpus import open_corpus
 
@@ -133,19 +142,31 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> No
         parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.max_vocab < 0:
         parser.error(f"--max-vocab must be >= 0 (0 = no limit), got {args.max_vocab}")
-    options = VocabOptions(
-        max_vocab=args.max_vocab if args.max_vocab > 0 else None,
-        min_freq=args.min_freq,
-        vocab_from=args.vocab_from.split(",") if args.vocab_from else None,
-        vocab_path=args.vocab,
-    )
     if args.merge:
+        from fastulm.data.parts import merge_parts
+
         if len(args.paths) < 2:
             parser.error("--merge needs PART... OUT")
-        merge_parts(args.paths[:-1], args.paths[-1], options, force=args.force, check=check)
+        merge_parts(
+            args.paths[:-1], args.paths[-1], _vocab_options(args), force=args.force, check=check
+        )
         return
     if len(args.paths) != 2:
         parser.error("expected SRC OUT")
+    sharded = args.num_shards is not None or args.shard_index is not None
+    if sharded and (args.num_shards is None or args.shard_index is None or args.num_shards < 1):
+        parser.error("--num-shards K and --shard-index I go together (K >= 1)")
+    workers = default_workers() if args.workers is None else args.workers
+    # The worker processes start first, so that their start-up overlaps the parent's.
+    pool = WorkerPool(workers - 1) if workers > 1 and not sharded else None
+    with pool or contextlib.nullcontext():
+        _tokenize(args, check, pool)
+
+
+def _tokenize(args: argparse.Namespace, check, pool) -> None:
+    from fastulm.data.parts import tokenize_shard
+    from fastulm.data.pipeline import tokenize_source
+
     src, out = args.paths
     source_options = SourceOptions(
         text_cols=args.text_col,
@@ -166,12 +187,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> No
         sha256=args.sha256,
         check=check,
     )
-    if args.num_shards is not None or args.shard_index is not None:
-        if args.num_shards is None or args.shard_index is None or args.num_shards < 1:
-            parser.error("--num-shards K and --shard-index I go together (K >= 1)")
+    if pool is None and (args.num_shards is not None or args.shard_index is not None):
         tokenize_shard(src, out, args.num_shards, args.shard_index, **common)
         return
-    tokenize_source(src, out, options, **common)
+    tokenize_source(src, out, _vocab_options(args), pool=pool, **common)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ For more than one machine, see parts.py: each machine collects every K-th docume
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -37,15 +38,7 @@ from fastulm.data.corpus import (
 from fastulm.data.labels import check_labels, class_order, random_valid
 from fastulm.data.sources import RawRecord, Source, SourceOptions, open_source
 from fastulm.data.vocab import Vocab, make_itos
-from fastulm.data.workers import (
-    _shared,
-    _start_pool,
-    _stop_pool,
-    _worker_init,
-    _worker_run,
-    default_tokenizer,
-    default_workers,
-)
+from fastulm.data.workers import WorkerPool, default_workers, run_here
 
 _BATCH_BYTES = 1 << 19
 _BATCH_DOCS = 512
@@ -478,9 +471,10 @@ def collect(
     progress: bool = True,
     tokenizer_factory: Callable | None = None,
     check: Callable[[], None] | None = None,
+    pool: WorkerPool | None = None,
 ) -> Collector:
-    """Tokenize every document of ``source`` (or of one shard) in ``workers`` processes."""
-    factory = tokenizer_factory or default_tokenizer
+    """Tokenize every document of ``source`` (or of one shard) in ``workers`` processes, or
+    in ``pool`` (started earlier; it then decides the workers and the tokenizer)."""
     workers = default_workers() if workers is None else max(1, workers)
     collector = Collector(
         {"path": source.path, "kind": source.kind},
@@ -494,11 +488,10 @@ def collect(
     records = source.raw_records(num_shards, shard_index)
     tasks = _batches(records, meta, from_file, source.file_paths)
     total = None if source.n_docs is None else len(range(shard_index, source.n_docs, num_shards))
-    pool = None
-    if workers > 1:
-        pool, procs = _start_pool(factory, workers - 1)
-    _worker_init(factory)
-    results = map(_worker_run, tasks) if pool is None else _shared(tasks, pool, workers - 1, procs)
+    own_pool = pool is None and workers > 1
+    if own_pool:
+        pool = WorkerPool(workers - 1, tokenizer_factory)
+    results = run_here(tasks, tokenizer_factory) if pool is None else pool.results(tasks)
     bar = _Progress(total, source.read_fraction, progress)
     try:
         for index, pid, start, new, ids, lengths, bad in results:
@@ -508,13 +501,14 @@ def collect(
             if check is not None:
                 check()
         bar.done()
+    except BaseException:
         if pool is not None:
-            pool.shutdown()
-            pool = None
+            pool.stop()
+        raise
     finally:
         bar.close()
-        if pool is not None:
-            _stop_pool(pool, procs)
+    if pool is not None:
+        pool.close(wait=own_pool)  # a caller's pool is theirs to wait for
     collector.label_names = list(source.label_names)  # an archive's grow as it is read
     return collector
 
@@ -531,27 +525,38 @@ def tokenize_source(
     tokenizer_factory: Callable | None = None,
     check: Callable[[], None] | None = None,
     source_options: SourceOptions | None = None,
+    pool: WorkerPool | None = None,
 ) -> Path:
     """``python -m fastulm.tokenize SRC OUT``: the whole job in one process tree.
 
     ``src`` is a path or URL (opened with ``source_options``) or an opened ``Source``.
-    ``check`` is called between batches and before each file is written; it raises to stop
-    the run (the CLI's Ctrl-C/SIGTERM handling), leaving no output behind."""
+    ``pool``: worker processes started earlier (see WorkerPool). ``check`` is called
+    between batches and before each file is written; it raises to stop the run (the CLI's
+    Ctrl-C/SIGTERM handling), leaving no output behind."""
     options = options or VocabOptions()
     if options.vocab_path:
         Vocab.load(options.vocab_path)  # fail before the work, not after
     t0 = time.perf_counter()
-    # Claim OUT first (refused before any work if it may not be replaced): the run writes
-    # under a temporary name for its whole length.
+    n_workers = default_workers() if workers is None else max(1, workers)
     opened = isinstance(src, Source)
-    with OutputDir(out, force, sources=[] if opened else [src]) as target:
+    with contextlib.ExitStack() as stack:
+        if pool is None and n_workers > 1:  # first: the children start while the parent works
+            pool = stack.enter_context(WorkerPool(n_workers - 1, tokenizer_factory))
+        # Claim OUT (refused before any work if it may not be replaced): the run writes
+        # under a temporary name for its whole length.
+        target = stack.enter_context(OutputDir(out, force, sources=[] if opened else [src]))
         source = (
             src
             if opened
             else open_source(src, cache_dir=cache_dir, sha256=sha256, options=source_options)
         )
         collector = collect(
-            source, workers, progress=progress, tokenizer_factory=tokenizer_factory, check=check
+            source,
+            workers,
+            progress=progress,
+            tokenizer_factory=tokenizer_factory,
+            check=check,
+            pool=pool,
         )
         path = finish(collector, target, options, check=check)
     if progress:

@@ -61,6 +61,12 @@ def _worker_run(task: tuple[int, list, bool, bool]):
     return index, os.getpid(), start, new, ids, lengths, bad
 
 
+def run_here(tasks: Iterator[tuple], factory: Callable | None = None) -> Iterator[tuple]:
+    """Results of every task, tokenized in this process alone (one worker)."""
+    _worker_init(factory or default_tokenizer)
+    return map(_worker_run, tasks)
+
+
 def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -82,71 +88,109 @@ def _widen_pipes(pool) -> None:
         pass
 
 
-def _start_pool(factory: Callable, n_children: int):
-    """``n_children`` worker processes, started now so that their start-up (imports,
-    numba's cached kernels) overlaps the parent's.
+class WorkerPool:
+    """``n_children`` tokenizer processes, plus the parent as one more worker.
 
-    They are spawned, not forked: by now the parent runs threads (numpy's BLAS, pyarrow's
-    allocator), and a child forked from a process with threads can deadlock (Python 3.12
-    warns). A ProcessPoolExecutor notices a child that dies (killed, out of memory) and
-    fails its batches, where a multiprocessing.Pool would wait for them for ever."""
-    from concurrent.futures import ProcessPoolExecutor
+    Start it as early as possible (the CLI does so before it imports the corpus writer):
+    a child's start-up (Python, numba's cached kernels: about a second of CPU) then
+    overlaps the parent's own. The children are spawned, not forked: by then the parent
+    may run threads (numpy's BLAS, pyarrow's allocator), and a child forked from a process
+    with threads can deadlock (Python 3.12 warns). A ProcessPoolExecutor notices a child
+    that dies (killed, out of memory) and fails its batches, where a multiprocessing.Pool
+    would wait for them for ever.
+    """
 
-    pool = ProcessPoolExecutor(
-        n_children, mp.get_context("spawn"), initializer=_worker_init, initargs=(factory, True)
-    )
-    for _ in range(n_children):  # one process is started per task while none is idle
-        pool.submit(int)
-    _widen_pipes(pool)
-    return pool, list(pool._processes.values())
+    def __init__(self, n_children: int, factory: Callable | None = None):
+        from concurrent.futures import ProcessPoolExecutor
 
-
-def _stop_pool(pool, procs: list) -> None:
-    """Stop the children at once (an error or Ctrl-C in the parent): nothing waits on them."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    for p in procs:
-        p.join(5)
-
-
-def _worker_died(procs: list) -> ChildProcessError:
-    """One line on the child that died (an OSError, so the CLI prints it as such)."""
-    for p in procs:
-        p.join(1)  # its exit code, once reaped
-    dead = [p for p in procs if p.exitcode not in (None, 0)]
-    how = "died"
-    if dead:
-        code = dead[0].exitcode
-        how = f"(pid {dead[0].pid}) " + (
-            f"was killed by {signal.Signals(-code).name}"
-            + (" (out of memory?)" if code == -signal.SIGKILL else "")
-            if code < 0
-            else f"exited with status {code}"
+        self.factory = factory or default_tokenizer
+        self.n_children = n_children
+        self._pool = ProcessPoolExecutor(
+            n_children,
+            mp.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(self.factory, True),
         )
-    return ChildProcessError(f"a tokenizer worker process {how}; nothing written")
+        for _ in range(n_children):  # one process is started per task while none is idle
+            self._pool.submit(int)
+        _widen_pipes(self._pool)
+        self._procs = list(self._pool._processes.values())
+        # it holds the pool's queues until the children have exited (see close)
+        self._manager = self._pool._executor_manager_thread
 
+    def results(self, tasks: Iterator[tuple]) -> Iterator[tuple]:
+        """Results of every task, in no set order. The parent keeps each child four batches
+        ahead and tokenizes the next batch itself while they work, so one core is not spent
+        on passing half the data through pipes; when the tasks run out it takes back the
+        batches no child has started, so it does not sit idle while a child works through
+        a queue. A child that dies, or runs out of memory, is one ChildProcessError."""
+        from concurrent.futures.process import BrokenProcessPool
 
-def _shared(tasks: Iterator[tuple], pool, n_children: int, procs: list) -> Iterator[tuple]:
-    """Results of every task, in no set order. The parent is one of the workers: it keeps
-    each child four batches ahead and tokenizes the next batch itself while they work, so
-    one core is not spent on passing half the data through pipes. A child that dies, or
-    runs out of memory, is one ChildProcessError."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    pending: deque = deque()
-    try:
-        for task in tasks:
-            while pending and pending[0].done():
-                yield pending.popleft().result()
-            if len(pending) < 4 * n_children:
-                pending.append(pool.submit(_worker_run, task))
-            else:
+        _worker_init(self.factory)
+        pending: deque = deque()
+        try:
+            for task in tasks:
+                while pending and pending[0][0].done():
+                    yield pending.popleft()[0].result()
+                if len(pending) < 4 * self.n_children:
+                    pending.append((self._pool.submit(_worker_run, task), task))
+                else:
+                    yield _worker_run(task)
+            taken_back = [task for fut, task in reversed(pending) if fut.cancel()]
+            for task in taken_back:
                 yield _worker_run(task)
-        while pending:
-            yield pending.popleft().result()
-    except BrokenProcessPool:
-        raise _worker_died(procs) from None
-    except MemoryError:
-        raise ChildProcessError("a tokenizer worker ran out of memory; nothing written") from None
+            for fut, _ in pending:
+                if not fut.cancelled():
+                    yield fut.result()
+        except BrokenProcessPool:
+            raise self._died() from None
+        except MemoryError:
+            raise ChildProcessError(
+                "a tokenizer worker ran out of memory; nothing written"
+            ) from None
+
+    def close(self, wait: bool = False) -> None:
+        """Every result is in: the children exit on their own. ``wait=False`` does not wait
+        for that (a child's exit takes 0.2-0.4 s, which the corpus writing then hides); a
+        later ``close(wait=True)`` does. Wait before the process leaves with os._exit:
+        until then the pool's queues live, and their semaphores would be reported leaked."""
+        self._pool.shutdown(wait=False)
+        if wait and self._manager is not None:
+            self._manager.join()
+
+    def stop(self) -> None:
+        """Stop the children at once (an error or Ctrl-C in the parent)."""
+        for p in self._procs:
+            if p.is_alive():
+                p.kill()
+        for p in self._procs:
+            p.join(5)
+        # the children are gone, so this returns at once; it frees the pool's queues, whose
+        # semaphores would be reported leaked if the process then left with os._exit
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        """Waits for the children's exit on success (see stop for why)."""
+        if kind is None:
+            self.close(wait=True)
+        else:
+            self.stop()
+
+    def _died(self) -> ChildProcessError:
+        """One line on the child that died (an OSError, so the CLI prints it as such)."""
+        for p in self._procs:
+            p.join(1)  # its exit code, once reaped
+        dead = [p for p in self._procs if p.exitcode not in (None, 0)]
+        how = "died"
+        if dead:
+            code = dead[0].exitcode
+            how = f"(pid {dead[0].pid}) " + (
+                f"was killed by {signal.Signals(-code).name}"
+                + (" (out of memory?)" if code == -signal.SIGKILL else "")
+                if code < 0
+                else f"exited with status {code}"
+            )
+        return ChildProcessError(f"a tokenizer worker process {how}; nothing written")

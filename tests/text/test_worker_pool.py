@@ -40,8 +40,9 @@ def starved_tokenizer():
     return _Dying("memory")
 
 
-def _reviews(root: Path, n: int = 1200) -> Path:
-    """An aclImdb-style folder: enough reviews for a few batches."""
+def _reviews(root: Path, n: int = 12000) -> Path:
+    """An aclImdb-style folder: enough reviews for about 24 batches, so that a child gets
+    some (the parent takes back what no child has started when the batches run out)."""
     for k in range(n):
         label, stars = ("pos", 9) if k % 2 else ("neg", 2)
         folder = root / "train" / label
@@ -100,4 +101,44 @@ def test_the_parent_never_forks(tmp_path):
         watching[0] = False
     assert forks == []
     assert set(collector._maps) - {os.getpid()}  # a worker process tokenized
-    assert collector.n_docs == 1200
+    assert collector.n_docs == 12000
+
+
+@pytest.mark.parametrize("n_tasks", [1, 3, 9])
+def test_every_batch_comes_back_once(tmp_path, n_tasks):
+    """Fewer batches than the queue holds: the parent takes back the ones no child started
+    (cancelled futures), and each batch still comes back exactly once, with its own ids."""
+    from fastulm.data.workers import WorkerPool
+    from fastulm.text import Tokenizer
+
+    texts = [[f"Batch {k} says hello number {k}."] for k in range(n_tasks)]
+    tasks = [(k, t, False, False) for k, t in enumerate(texts)]
+    with WorkerPool(1) as pool:
+        results = list(pool.results(iter(tasks)))
+    assert sorted(r[0] for r in results) == list(range(n_tasks))
+    # the ids decode to each batch's own tokens (tables are per process: rebuild them)
+    tables: dict[int, list] = {}
+    for _, pid, start, new, *_ in sorted(results, key=lambda r: r[2]):
+        table = tables.setdefault(pid, [])
+        assert len(table) == start
+        table.extend(new)
+    want = Tokenizer()
+    for index, pid, _, _, ids, lengths, bad in results:
+        assert bad == [] and lengths.tolist() == [len(ids)]
+        assert [tables[pid][i] for i in ids.tolist()] == want.tokenize(texts[index][0])
+
+
+def test_the_cli_stops_its_early_workers_on_an_error(tmp_path, capsys):
+    """The CLI starts its worker processes before it opens SRC; a run refused afterwards
+    leaves none behind."""
+    from fastulm.tokenize import main
+
+    before = set(multiprocessing.active_children())  # earlier tests' pools may still exit
+    code = main([str(tmp_path / "missing"), str(tmp_path / "out"), "--workers", "3", "--quiet"])
+    assert code == 1
+    assert "missing" in capsys.readouterr().err
+    left = set(multiprocessing.active_children()) - before
+    for child in left:  # killed, so gone at once; one that waited for work would hang here
+        child.join(10)
+    assert [c.exitcode for c in left if c.exitcode is None] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
