@@ -488,8 +488,7 @@ def collect(
     records = source.raw_records(num_shards, shard_index)
     tasks = _batches(records, meta, from_file, source.file_paths)
     total = None if source.n_docs is None else len(range(shard_index, source.n_docs, num_shards))
-    own_pool = pool is None and workers > 1
-    if own_pool:
+    if pool is None and workers > 1:
         pool = WorkerPool(workers - 1, tokenizer_factory)
     results = run_here(tasks, tokenizer_factory) if pool is None else pool.results(tasks)
     bar = _Progress(total, source.read_fraction, progress)
@@ -508,7 +507,7 @@ def collect(
     finally:
         bar.close()
     if pool is not None:
-        pool.close(wait=own_pool)  # a caller's pool is theirs to wait for
+        pool.close()
     collector.label_names = list(source.label_names)  # an archive's grow as it is read
     return collector
 

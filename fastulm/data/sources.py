@@ -462,6 +462,11 @@ def _open_archive(path: Path, options: SourceOptions) -> Source:
             for name, data in iter_tar(path, read):
                 key = keys(name)
                 if key is not None:
+                    if key[1] in ("valid", "test") and options.valid_pct is not None:
+                        raise OptionError(  # at its first such member, not after the whole run
+                            f"{path}: has a valid/ or test/ folder already; --valid-pct is for "
+                            "archives without"
+                        )
                     found = True
                     cls = key[2] if key[2] is None else label_of(key[2], key[0].rpartition("/")[2])
                     yield RawRecord(data, -1 if cls is None else coder(cls), key[1], key[0])

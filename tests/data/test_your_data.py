@@ -161,6 +161,25 @@ def test_valid_pct_is_a_seeded_random_split(tmp_path):
         _run(_write(tmp_path / "v", MOVIES), tmp_path / "x", valid_pct=0.2)
 
 
+def test_valid_pct_on_an_archive_with_a_test_split_stops_at_its_first_test_member(tmp_path):
+    """An archive's layout is known only as it is read: the refusal comes at the first
+    valid/ or test/ member, not after tokenizing everything, and nothing is written."""
+    root = _write(tmp_path / "v", MOVIES)
+    with tarfile.open(tmp_path / "m.tar", "w") as tf:
+        for sub in ("train", "unsup", "valid"):  # training members first, valid/ last
+            tf.add(root / sub, arcname=f"v/{sub}")
+    src = open_source(tmp_path / "m.tar", options=SourceOptions(valid_pct=0.2))
+    n_train = sum(1 for k in MOVIES if not k.startswith("valid/"))
+    seen = []
+    with pytest.raises(OptionError, match="has a valid/ or test/ folder already"):
+        for rec in src.raw_records():
+            seen.append(rec[2])
+    assert len(seen) == n_train and set(seen) == {"train", "unsup"}
+    with pytest.raises(OptionError, match="--valid-pct is for archives without"):
+        _run(tmp_path / "m.tar", tmp_path / "x", valid_pct=0.2)
+    assert not (tmp_path / "x").exists()
+
+
 def test_folder_bad_layouts(tmp_path):
     flat = _write(tmp_path / "flat", {"train/1.txt": "a", "train/2.txt": "b"})
     with pytest.raises(DataError, match=re.escape("train: no class subfolders")):
