@@ -251,13 +251,15 @@ def predict_exported(
     workers: int | None = None,
     threshold: float | None = None,
     progress: bool | None = False,
+    threads: int | None = None,
 ) -> Predictions:
-    """``predict --onnx``: the probabilities of one export, or the average of several."""
+    """``predict --onnx``: the probabilities of one export, or the average of several.
+    ``threads``: onnxruntime's intra-op threads (default: its own choice)."""
     check_threshold(threshold)
     total, first = None, None
     encoded: dict[tuple, list[np.ndarray]] = {}
     for folder in folders:
-        model = load_exported(folder)
+        model = load_exported(folder, threads)
         if first is not None and (model.names != first.names or model.task.kind != first.task.kind):
             raise ValueError(f"{folder}: labels {model.names} differ from {first.names}")
         first = first or model
@@ -270,9 +272,9 @@ def predict_exported(
     return Predictions(pick_labels(probs, first.names, first.task, threshold), probs, first.names)
 
 
-def load_exported(folder: str | Path) -> ExportedClassifier:
+def load_exported(folder: str | Path, threads: int | None = None) -> ExportedClassifier:
     """An exported classifier (an error naming the folder for anything else)."""
     settings = read_settings(folder)
     if settings["kind"] != "clas":
         raise ExportError(f"{folder}: an exported language model, not a classifier")
-    return ExportedClassifier(Path(folder), settings, None)
+    return ExportedClassifier(Path(folder), settings, threads)

@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, help="tokenizer processes (default: all cores)")
     p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for the model (default: all cores; on a busy machine 1 is faster)",
+    )
+    p.add_argument(
         "--threshold", type=float, help="multi-label runs: a class is predicted over this"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -158,7 +163,7 @@ def read_texts(source: str | Path, text_col: str | None = None) -> list[str]:
 
 def predict_runs(run_dirs: list[str], texts: list[str], args: argparse.Namespace):
     """Labels and probabilities of ``texts``, averaged over one or more runs."""
-    common = dict(bs=args.bs, workers=args.workers, threshold=args.threshold)
+    common = dict(bs=args.bs, workers=args.workers, threshold=args.threshold, threads=args.threads)
     progress = False if args.no_progress else None
     if args.onnx:
         from fastulm.inference import predict_exported
@@ -205,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.workers is not None and args.workers < 1:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         print(f"error: --threshold must be in [0, 1], got {args.threshold}", file=sys.stderr)

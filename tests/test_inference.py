@@ -141,7 +141,7 @@ def test_predict_onnx_cli_writes_what_torch_predict_writes(tmp_path, vocab, caps
     src.write_text("\n".join(texts) + "\n")
     assert predict.main([str(tmp_path / "run"), "--file", str(src), "--out", "-"]) == 0
     torch_rows = list(csv.reader(capsys.readouterr().out.splitlines()))
-    args = [str(tmp_path / "export"), "--onnx", "--file", str(src), "--out", "-"]
+    args = [str(tmp_path / "export"), "--onnx", "--file", str(src), "--out", "-", "--threads", "1"]
     assert predict.main(args) == 0
     onnx_rows = list(csv.reader(capsys.readouterr().out.splitlines()))
     assert [r[:2] for r in onnx_rows] == [r[:2] for r in torch_rows]

@@ -233,6 +233,7 @@ def test_nan_weights_are_one_error_not_nan_probabilities(tmp_path, texts_file, c
     [
         (["some text", "--out", "o.csv"], "--out goes with --file"),
         (["some text", "--bs", "0"], "--bs must be >= 1, got 0"),
+        (["some text", "--threads", "0"], "--threads must be >= 1, got 0"),
         ([], "give a text or --file"),
     ],
 )
@@ -341,6 +342,26 @@ def test_many_texts_keep_input_order_and_ids(clas, tmp_path, capsys):
     txt.write_text("\n".join(["", texts[0], "   ", texts[1], ""]) + "\n")
     assert predict.main([str(run), "--file", str(txt), "--out", "-"]) == 0
     assert_csv_close(capsys.readouterr().out, expected_csv(model, texts[:2], ["2", "4"]))
+
+
+def test_threads_give_the_same_predictions_and_are_restored(clas, tmp_path, capsys):
+    """--threads sets torch's CPU threads for the model while it runs (a busy machine runs
+    faster on fewer), changes no prediction, and leaves torch's setting as it was."""
+    import torch
+
+    run, model = clas
+    texts = [f"the film was {'great ' * (i % 5)}and {'dull ' * (i % 3)}fun" for i in range(20)]
+    src = tmp_path / "r.txt"
+    src.write_text("\n".join(texts) + "\n")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert predict.main([str(run), "--file", str(src), "--out", "-", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    ids = [str(i) for i in range(1, 21)]
+    assert_csv_close(capsys.readouterr().out, expected_csv(model, texts, ids))
 
 
 def test_long_inputs_are_read_whole_and_pool_the_last_max_len(tmp_path, capsys):
