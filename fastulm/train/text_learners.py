@@ -24,6 +24,7 @@ from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
 from fastulm.model.encoder_io import load_encoder, save_encoder
 from fastulm.model.pretrained import load_pretrained
 from fastulm.prediction import predict_labels
+from fastulm.scores import Task
 from fastulm.train import distributed as ddp
 from fastulm.train.learner import Learner
 from fastulm.train.run_dir import write_run
@@ -164,13 +165,22 @@ class ClassifierLearner(TextLearner):
         return self
 
     def predict(self, text: str) -> tuple[str, torch.Tensor, torch.Tensor]:
-        """(label name, label index, class probabilities) for one text, as fastai returns."""
+        """(label, prediction, class probabilities) for one text, as fastai returns them: the
+        prediction is the class index (single-label) or one bool per class over the
+        threshold (multi-label, whose label is those classes joined by the delimiter)."""
         labels, probs = self.predict_texts([text])
+        if self.task == "multi_label":
+            return labels[0], probs[0] > self.threshold, probs[0]
         return labels[0], probs[0].argmax(), probs[0]
 
     def predict_texts(self, texts: Sequence[str], bs: int = 64) -> tuple[list[str], torch.Tensor]:
-        backwards = getattr(self, "settings", {}).get("backwards", False)
-        return predict_labels(self.model, self.vocab, self.label_names, texts, bs, backwards)
+        """Labels and probabilities (softmax, or multi-label: per-class sigmoids) of texts."""
+        settings = getattr(self, "settings", {})
+        task = Task(self.task, settings.get("label_delim"), self.threshold)
+        backwards = settings.get("backwards", False)
+        return predict_labels(
+            self.model, self.vocab, self.label_names, texts, bs, backwards, task=task
+        )
 
 
 def language_model_learner(

@@ -76,3 +76,35 @@ def test_walkthrough_api(corpus, tmp_path):
     assert label in corpus.label_names and label == corpus.label_names[int(idx)]
     assert probs.shape == (2,) and float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
     assert label == corpus.label_names[int(probs.argmax())]
+
+
+def test_multi_label_learner_predicts_sigmoids_over_its_threshold(tmp_path):
+    """A multi-label classifier's predict/predict_texts give one sigmoid per class and the
+    classes over the learner's threshold, joined by the corpus's delimiter (they used to
+    give a softmax and its argmax), as the model's own logits say, computed by hand."""
+    from fastulm.prediction import classifier_logits, encode_ids
+
+    words = ["action", "comedy", "drama"]
+    rows = ["label,text,is_valid"]
+    for i in range(60):
+        tags = [w for k, w in enumerate(words) if (i >> k) & 1] or ["drama"]
+        rows.append(f'{"|".join(tags)},"A {" ".join(tags)} film, number {i % 7}.",{i % 6 == 0}')
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    args = [str(tmp_path / "m.csv"), str(tmp_path / "c"), "--label-delim", "|", "--quiet"]
+    assert tokenize_main([*args, "--workers", "1"]) == 0
+    corpus = fastulm.open_corpus(tmp_path / "c")
+    torch.manual_seed(0)
+    kw = dict(emb_sz=16, n_hid=32, n_layers=2, path=tmp_path / "run", show_progress=False)
+    learn = fastulm.text_classifier_learner(corpus, bs=8, bptt=8, threshold=0.45, **kw)
+    learn.fit_one_cycle(1, 1e-2)
+    texts = ["An action comedy film.", "A drama.", "Nothing to see."]
+    labels, probs = learn.predict_texts(texts)
+    logits = classifier_logits(learn.model, encode_ids(corpus.vocab.itos, texts))
+    want = torch.sigmoid(torch.from_numpy(logits))
+    assert torch.allclose(probs, want, atol=1e-6)
+    assert not torch.allclose(probs.sum(1), torch.ones(3))  # not a softmax
+    names = corpus.label_names
+    assert labels == ["|".join(names[j] for j in range(3) if want[i, j] > 0.45) for i in range(3)]
+    label, pred, p = learn.predict(texts[0])
+    assert label == labels[0] and torch.equal(pred, want[0] > 0.45)
+    assert torch.allclose(p, want[0], atol=1e-6)
