@@ -20,6 +20,7 @@ scripts/gen_spacy_tables.py). Results are cached per run, as spaCy does.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 
@@ -116,7 +117,9 @@ def _may_match_letters(seq) -> bool:
     return True
 
 
+@functools.cache
 def _parse(pattern: str | None, flags: int):
+    """A pattern's parse tree, once per pattern (the analyses below only read it)."""
     return None if pattern is None else _sre.parse(pattern, flags)
 
 
