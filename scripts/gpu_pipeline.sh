@@ -10,8 +10,12 @@
 # 25,000 test reviews. If a stage still runs into the trainer's safety --time-limit it exits 75,
 # and the same call on the warm machine resumes from runs/imdb with the saved plan.
 # Extra arguments go to imdb_pipeline.py (e.g. --lm-bs 256 --lm-lr 2e-2, --time-budget 8).
-# $OUT gets at most 8 files: result.json (the figure, plan, timings), time_to_accuracy.md,
-# pipeline.log, tokenize.log, lm.log, clas.log, lm_losses.png, clas_losses.png.
+# --ratings adds #16's 8-class rating task on the same LM after the 2-class figure; it rarely
+# fits the same call, so it exits 75 and the next call on the warm machine (WORK kept)
+# resumes it: run(command="bash scripts/gpu_pipeline.sh --ratings --time-budget 4", ...).
+# $OUT gets at most 10 files: result.json (the figure, plan, timings), time_to_accuracy.md,
+# pipeline.log, tokenize.log, lm.log, clas.log, lm_losses.png, clas_losses.png (with
+# --ratings: ratings.log and ratings_confusion.png too).
 export FASTULM_CALL_T0=${FASTULM_CALL_T0:-$(date +%s)}
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +33,7 @@ rc=${PIPESTATUS[0]}
 if [ -n "$OUT" ]; then
   for f in "$WORK"/result.json "$WORK"/time_to_accuracy.md "$WORK"/pipeline.log \
     "$WORK"/tokenize.log "$WORK"/lm.log "$WORK"/clas.log "$WORK"/lm/losses.png \
-    "$WORK"/clas/losses.png; do
+    "$WORK"/clas/losses.png "$WORK"/ratings.log "$WORK"/ratings/confusion.png; do
     [ -f "$f" ] && cp "$f" "$OUT/$(echo "${f#"$WORK"/}" | tr / _)"
   done
 fi

@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clas-args", default="", help="extra classifier-stage arguments")
     p.add_argument("--eval-bs", type=int, default=128, help="batch of the final evaluation")
     p.add_argument("--record", help="append the time-to-accuracy table to this file")
+    p.add_argument(
+        "--ratings",
+        action="store_true",
+        help="then the 8-class rating task (#16): the archive tokenized with --label-regex and "
+        "the LM's vocab, a classifier on the same LM encoder, scored on all test reviews",
+    )
     return p
 
 
@@ -344,11 +350,15 @@ def _lm_stage_args(plan: dict, lm: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------ the stages
-def _train(stage, args, work, limit_min: float, stage_args: list[str]) -> int:
-    out = work / stage
+def _train(
+    stage, args, work, limit_min: float, stage_args: list[str], corpus="corpus", name=None
+) -> int:
+    """``train STAGE WORK/corpus WORK/name`` (name: the stage) under a --time-limit."""
+    name = name or stage
+    out = work / name
     if limit_min <= 0.1:
         return EXIT_TIME_LIMIT
-    cmd = [sys.executable, "-m", "fastulm.train", stage, str(work / "corpus"), str(out)]
+    cmd = [sys.executable, "-m", "fastulm.train", stage, str(work / corpus), str(out)]
     cmd += ["--preset", args.preset, "--resume", "--time-limit", f"{limit_min:.2f}", "--quiet"]
     if args.device:
         cmd += ["--device", args.device]
@@ -357,15 +367,18 @@ def _train(stage, args, work, limit_min: float, stage_args: list[str]) -> int:
             cmd += ["--encoder", str(work / "lm")]
         cmd += ["--valid-split", "test"]
     cmd += stage_args
-    rc = _run(cmd, work / f"{stage}.log")
+    rc = _run(cmd, work / f"{name}.log")
     if rc not in (0, EXIT_TIME_LIMIT):
-        tail = (work / f"{stage}.log").read_text().strip().splitlines()[-1:]
-        raise SystemExit(f"error: {stage} stage failed ({tail[0] if tail else rc}); see {work}")
+        tail = (work / f"{name}.log").read_text().strip().splitlines()[-1:]
+        raise SystemExit(f"error: {name} stage failed ({tail[0] if tail else rc}); see {work}")
     return rc
 
 
-def evaluate(work: Path, device: str, bs: int) -> dict:
-    """The trained classifier (WORK/clas) over every review of the corpus's test split."""
+def evaluate(
+    work: Path, device: str, bs: int, run_name: str = "clas", corpus_name: str = "corpus"
+) -> dict:
+    """The trained classifier (WORK/clas) over every review of the corpus's test split:
+    accuracy, macro-F1 and, for scale, the majority class of the training split."""
     import numpy as np
 
     from fastulm.data.corpus import open_corpus
@@ -374,20 +387,66 @@ def evaluate(work: Path, device: str, bs: int) -> dict:
 
     t0 = time.monotonic()
     dev = resolve_device(device)
-    run = load_run(work / "clas", dev)
-    test = open_corpus(work / "corpus")["test"]
+    run = load_run(work / run_name, dev)
+    corpus = open_corpus(work / corpus_name)
+    test = corpus["test"]
     docs = [test.doc(i) for i in range(len(test))]
     precision = resolve_precision("auto", dev)
     logits = classifier_logits(run.model, docs, bs=bs, precision=precision)
     labels = np.asarray(test.labels)
-    correct = int((logits.argmax(1) == labels).sum())
+    pred = logits.argmax(1)
+    correct = int((pred == labels).sum())
+    n_classes = logits.shape[1]
+    f1 = []
+    for c in range(n_classes):
+        tp = int(((pred == c) & (labels == c)).sum())
+        wrong = int(((pred == c) != (labels == c)).sum())
+        f1.append(2 * tp / (2 * tp + wrong) if tp + wrong else 0.0)
+    train = np.asarray(corpus["train"].labels)
+    majority = int(np.bincount(train[train >= 0], minlength=n_classes).argmax())
     return {
         "test_accuracy": correct / len(labels),
         "n_test": len(labels),
         "n_correct": correct,
+        "macro_f1": float(np.mean(f1)),
+        "n_classes": n_classes,
+        "label_names": list(corpus.label_names),
+        "majority_class_accuracy": float((labels == majority).mean()),
         "precision": precision,
         "seconds": round(time.monotonic() - t0, 1),
     }
+
+
+RATING_REGEX = r"_(\d+)\.txt$"  # aclImdb's <id>_<rating>.txt
+
+
+def ratings(args, work: Path, src: Path, clas_bs: int, state: dict, budget, timed) -> int:
+    """The 8-class rating task on the same LM (``--ratings``): tokenize the archive with the
+    rating from each file name and the LM corpus's vocab, train a classifier on the LM's
+    encoder (the preset's stages; the last one as the 2-class run had it), score every test
+    review. Steps done are skipped, so a call cut short resumes here."""
+    corpus = work / "ratings_corpus"
+    if not (corpus / "meta.json").exists():
+        cmd = [sys.executable, "-m", "fastulm.tokenize", str(src), str(corpus), "--quiet"]
+        cmd += ["--label-regex", RATING_REGEX, "--vocab", str(work / "corpus" / "vocab.json")]
+        cmd += ["--workers", str(args.workers)] if args.workers else []
+        if timed("ratings_tokenize", lambda: _run(cmd, work / "ratings_tokenize.log")) != 0:
+            print(f"error: tokenizing failed; see {work / 'ratings_tokenize.log'}", file=sys.stderr)
+            return 1
+    if not (work / "ratings" / "model.safetensors").exists():
+        stage_args = ["--bs", str(clas_bs), *shlex.split(args.clas_args)]
+        plan = state.get("plan") or {}
+        final = plan.get("clas_final_epochs_run")
+        if final is not None and not args.no_plan:
+            stage_args = ["--final-epochs", str(final), *stage_args]
+        limit = (budget.left_s() - plan.get("eval_s", 0.0)) / 60 - STARTUP_MARGIN_MIN
+        rc = timed(
+            "ratings",
+            lambda: _train("clas", args, work, limit, stage_args, "ratings_corpus", "ratings"),
+        )
+        if rc == EXIT_TIME_LIMIT:
+            return rc
+    return 0
 
 
 def _rows(path: Path) -> list[dict]:
@@ -535,6 +594,19 @@ def main(argv: list[str] | None = None) -> int:
         final_eval = timed("evaluate", lambda: evaluate(work, device, args.eval_bs))
         state["final_eval"] = final_eval
         _save_state(work, state)
+    if args.ratings and "ratings_eval" not in state:
+        rc = ratings(args, work, src, clas_bs, state, budget, timed)
+        if rc == EXIT_TIME_LIMIT:
+            print("time budget used up during the ratings stage: run again to resume", flush=True)
+            _finish(work, state, budget, final_eval)
+            return rc
+        if rc:
+            return rc
+        state["ratings_eval"] = timed(
+            "ratings_evaluate",
+            lambda: evaluate(work, device, args.eval_bs, "ratings", "ratings_corpus"),
+        )
+        _save_state(work, state)
     text = report(work, state)
     (work / "time_to_accuracy.md").write_text(text)
     print(text)
@@ -587,6 +659,8 @@ def _finish(work: Path, state: dict, budget: Budget, final_eval: dict | None) ->
         "lm_rows": lm_rows,
         "clas_epochs": clas_rows,
         "final_eval": final_eval,
+        "ratings": state.get("ratings_eval"),
+        "ratings_epochs": _rows(work / "ratings" / "log.jsonl") or None,
     }
     tmp = work / "result.json.tmp"
     tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")

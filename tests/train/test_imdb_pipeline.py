@@ -69,9 +69,10 @@ FILL = [
 ]
 
 
-def make_fake_imdb(root: Path, n: int = 24, seed: int = 0) -> Path:
+def make_fake_imdb(root: Path, n: int = 24, seed: int = 0, ratings: bool = False) -> Path:
     """An aclImdb folder of ``n`` reviews per class of train and test and ``n`` unlabelled:
-    filler words plus words of the review's class, so a tiny classifier can learn it."""
+    filler words plus words of the review's class, so a tiny classifier can learn it.
+    ``ratings``: the file names' ratings cycle through 7-10 (pos) and 1-4 (neg), not 7 / 2."""
     rng = random.Random(seed)
     for folder, words in (
         ("train/pos", POS),
@@ -84,7 +85,12 @@ def make_fake_imdb(root: Path, n: int = 24, seed: int = 0) -> Path:
         d.mkdir(parents=True)
         for i in range(n):
             text = " ".join(rng.choice(words if rng.random() < 0.3 else FILL) for _ in range(40))
-            (d / f"{i}_{7 if 'pos' in folder else 2}.txt").write_text(text.capitalize() + ".")
+            rating = (7 if "pos" in folder else 1) + (
+                i % 4 if ratings else 0 if "pos" in folder else 1
+            )
+            if "unsup" in folder:
+                rating = 0
+            (d / f"{i}_{rating}.txt").write_text(text.capitalize() + ".")
     return root / "aclImdb"
 
 
@@ -116,6 +122,52 @@ def test_budgeted_recipe_end_to_end_on_the_cpu(tmp_path):
     assert set(result["elapsed"]) == {"tokenize", "probe", "lm", "clas", "evaluate"}
     # a finished work folder: the next call only reports
     assert pipe.main(args) == 0
+
+
+@pytest.mark.slow
+def test_ratings_stage_on_the_same_lm(tmp_path):
+    """--ratings: after the 2-class run, the 8-class rating task from the file names, on the
+    LM's vocab and encoder, scored on every test review; a call cut short resumes it."""
+    import numpy as np
+
+    from fastulm.data.corpus import open_corpus
+
+    pipe = _load()
+    src = make_fake_imdb(tmp_path / "data", n=16, ratings=True)
+    work = tmp_path / "work"
+    args = ["--archive", str(src), "--work", str(work), "--preset", "tiny", "--device", "cpu"]
+    args += ["--workers", "1", "--max-lm-epochs", "1", "--lm-bs", "8", "--clas-bs", "8"]
+    args += ["--probe-steps", "2", "--lm-args", "--threads 1", "--clas-args", "--threads 1"]
+    assert pipe.main([*args, "--time-budget", "4"]) == 0  # the 2-class run alone
+    state = json.loads((work / "pipeline.json").read_text())
+    state["elapsed"]["clas"] = 1e6  # pretend the budget is spent: ratings must wait
+    (work / "pipeline.json").write_text(json.dumps(state))
+    os.environ["FASTULM_CALL_T0"] = str(0)  # the call started long ago
+    try:
+        assert pipe.main([*args, "--time-budget", "4", "--ratings"]) == pipe.EXIT_TIME_LIMIT
+    finally:
+        del os.environ["FASTULM_CALL_T0"]
+    assert (work / "ratings_corpus" / "meta.json").is_file()  # done before the budget check
+    assert not (work / "ratings" / "model.safetensors").exists()
+    assert pipe.main([*args, "--time-budget", "4", "--ratings"]) == 0  # resumes
+    rc = open_corpus(work / "ratings_corpus")
+    assert rc.label_names == ["1", "10", "2", "3", "4", "7", "8", "9"]  # fastai's str order
+    assert (work / "ratings_corpus" / "vocab.json").read_text() == (
+        work / "corpus" / "vocab.json"
+    ).read_text()
+    result = json.loads((work / "result.json").read_text())
+    r = result["ratings"]
+    assert r["n_test"] == 32 and r["n_classes"] == 8 and r["label_names"] == rc.label_names
+    # the figures from the run's own predictions, recomputed here
+    from fastulm.prediction import classifier_logits
+    from fastulm.run_reader import load_run
+
+    test = rc["test"]
+    logits = classifier_logits(load_run(work / "ratings").model, [test.doc(i) for i in range(32)])
+    labels = np.asarray(test.labels)
+    assert r["test_accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    assert r["majority_class_accuracy"] == pytest.approx(4 / 32)  # 4 reviews per rating
+    assert result["ratings_epochs"] and result["test_accuracy"] is not None
 
 
 def _measured(lm_tok_s=1e5, clas_tok_s=1e5):
