@@ -13,8 +13,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from fastulm.kernels import linear_cross_entropy, masked_concat_pool, weight_drop
+from fastulm.kernels import forget_mult, linear_cross_entropy, masked_concat_pool, weight_drop
 from fastulm.kernels.concat_pool import masked_concat_pool_reference
+from fastulm.kernels.forget_mult import forget_mult_reference
 from fastulm.kernels.linear_ce import linear_cross_entropy_reference
 from gpu.bench_steps import MiB, PeakMemory
 
@@ -22,6 +23,7 @@ SMALL = os.environ.get("FASTULM_BENCH_SMALL") == "1"
 POOL = (8, 360, 400) if SMALL else (16, 1440, 400)  # classifier encoder output [bs, T, emb]
 DROP = (1152 * 4, 1152)  # an AWD-LSTM weight_hh
 LCE = (512, 400, 30000) if SMALL else (1680, 400, 60000)  # [bs*bptt, emb] x vocab
+QRNN = (16, 72, 1152) if SMALL else (48, 72, 1152)  # a QRNN layer's gates: [bs, bptt, 3 * n_hid]
 
 
 def run(benchmark, fn):
@@ -67,6 +69,21 @@ def test_weight_drop(benchmark, impl):
     def fn():
         out = weight_drop(w, 0.5, 1234) if impl == "fastulm" else F.dropout(w, 0.5)
         torch.autograd.grad(out, w, g)
+
+    run(benchmark, fn)
+
+
+@pytest.mark.benchmark(group="forget_mult")
+@pytest.mark.parametrize("impl", ["fastulm", "reference"])
+def test_forget_mult(benchmark, impl):
+    bs, T, H = QRNN
+    torch.manual_seed(0)
+    gates = torch.randn(bs, T, 3 * H, requires_grad=True)
+    c0, g = torch.zeros(bs, H), torch.randn(bs, T, H)
+    fm = forget_mult if impl == "fastulm" else forget_mult_reference
+
+    def fn():
+        torch.autograd.grad(fm(gates, c0)[0], gates, g)
 
     run(benchmark, fn)
 

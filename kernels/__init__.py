@@ -6,7 +6,8 @@ an exact torch reference. ``FASTULM_KERNELS`` picks the path: ``triton``, ``torc
 """
 
 from fastulm.kernels.concat_pool import masked_concat_pool
+from fastulm.kernels.forget_mult import forget_mult
 from fastulm.kernels.linear_ce import linear_cross_entropy
 from fastulm.kernels.weight_drop import weight_drop
 
-__all__ = ["linear_cross_entropy", "masked_concat_pool", "weight_drop"]
+__all__ = ["forget_mult", "linear_cross_entropy", "masked_concat_pool", "weight_drop"]

@@ -25,6 +25,7 @@ from triton.runtime.jit import native_specialize_impl
 pool = importlib.import_module("fastulm.kernels.concat_pool")
 lce = importlib.import_module("fastulm.kernels.linear_ce")
 wdrop = importlib.import_module("fastulm.kernels.weight_drop")
+fmult = importlib.import_module("fastulm.kernels.forget_mult")
 
 
 class Recorder:
@@ -45,6 +46,8 @@ def gpu_launches() -> list:
         (pool, "_pool_bwd_kernel"),
         (lce, "_ce_chunk_kernel"),
         (wdrop, "_weight_drop_kernel"),
+        (fmult, "_fwd_kernel"),
+        (fmult, "_bwd_kernel"),
     ]:
         setattr(module, name, Recorder(getattr(module, name), launches))
     for dt in (torch.float32, torch.float16, torch.bfloat16):
@@ -62,6 +65,12 @@ def gpu_launches() -> list:
         for write_grad in (False, True):
             lce._ce_chunk_triton(z, target, loss, correct, -100, 1 / rows, write_grad)
         wdrop._apply_triton(torch.randn(1152, 400).to(dt), 0.5, 2**31 - 2)
+        bs, T, H = 4, 80, 1152  # a QRNN layer's gates [bs, T, 3H]; the state in fp32
+        gates, c0 = torch.randn(bs, T, 3 * H).to(dt), torch.zeros(bs, H)
+        h, c = gates.new_empty(bs, T, H), torch.empty(bs, T, H)
+        fmult._fwd_triton(gates, c0, h, c)
+        for dc in (None, torch.empty_like(c)):  # the state's gradient used, or not
+            fmult._bwd_triton(gates, c0, c, h, dc, torch.empty_like(gates), torch.empty_like(c0))
     return launches
 
 

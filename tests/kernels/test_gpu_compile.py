@@ -16,7 +16,9 @@ import pytest
 
 SCRIPT = Path(__file__).with_name("compile_for_gpu.py")
 ARCHS = [75, 80, 86, 90]
-N_LAUNCHES = 15  # per arch: 3 dtypes x (pool fwd, pool bwd, CE with and without grad, drop)
+# per arch: 3 dtypes x (pool fwd, pool bwd, CE with and without grad, drop, forget-mult fwd,
+# forget-mult bwd with and without the state's gradient)
+N_LAUNCHES = 24
 
 
 def test_every_kernel_compiles_for_cuda(tmp_path):
