@@ -17,10 +17,12 @@ model is the classifier in eval form, in plain ONNX ops (opset 17):
 - classifier: inputs ``ids`` int64 [batch, seq] (each row's tokens first, then padding),
   ``lengths`` int64 [batch], ``pooled_from`` int64 [batch] (each row's first pooled token:
   ``fastulm.inference.pooled_from``); embedding, the LSTM layers (ONNX ``LSTM`` with
-  per-row ``sequence_lens``), masked concat pooling [last, max, mean] in Where/Reduce ops,
+  per-row ``sequence_lens``; QRNN layers: one MatMul for the gates and a ``Scan`` for the
+  recurrence), masked concat pooling [last, max, mean] in Where/Reduce ops,
   the head with its batchnorms folded; output ``logits`` [batch, n_classes];
-- language model: inputs ``ids`` and the LSTM state (``state_in_0``.. as h, c per layer,
-  each [1, batch, size]); outputs ``logits`` [batch, seq, vocab] and ``state_out_*``, for
+- language model: inputs ``ids`` and the state (``state_in_0``..: h, c per LSTM layer; c,
+  and the last input for the first, window-2 layer, per QRNN layer; each [1, batch, width],
+  the widths in ``tokenizer.json``'s ``state_widths``); outputs ``logits`` [batch, seq, vocab] and ``state_out_*``, for
   next-token scoring (generation stays in torch: ``python -m fastulm.generate``).
 """
 
@@ -99,21 +101,126 @@ def _lstm_weights(rnn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return w, r, b
 
 
+def _lstm_layer(g: _Graph, i: int, rnn, x: str, seq_lens: str | None, state: list[str]):
+    w, r, b = _lstm_weights(rnn)
+    inputs = [x, g.const(f"lstm{i}_W", w), g.const(f"lstm{i}_R", r), g.const(f"lstm{i}_B", b)]
+    inputs += [seq_lens or "", *state]
+    y, yh, yc = g.op("LSTM", inputs, n_out=3, hidden_size=rnn.n_out)
+    return g.op("Squeeze", [y, g.const(f"axis1_{i}", np.array([1], np.int64))]), [yh, yc]
+
+
+def _forget_mult_body(i: int) -> Any:
+    """Scan's body for one time step of a QRNN: c = c_prev + f * (z - c_prev)."""
+    from onnx import TensorProto, helper
+
+    names = [f"q{i}_{n}" for n in ("c_in", "z", "f", "d", "m", "c_out", "c_scan")]
+    c_in, z, f, d, m, c_out, c_scan = names
+    nodes = [
+        helper.make_node("Sub", [z, c_in], [d]),
+        helper.make_node("Mul", [f, d], [m]),
+        helper.make_node("Add", [c_in, m], [c_out]),
+        helper.make_node("Identity", [c_out], [c_scan]),
+    ]
+
+    def info(name: str):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+
+    return helper.make_graph(
+        nodes, f"forget_mult_{i}", [info(c_in), info(z), info(f)], [info(c_out), info(c_scan)]
+    )
+
+
+def _qrnn_layer(g: _Graph, i: int, rnn, x: str, state: list[str]):
+    """One QRNN layer (time-major x): the gates in one MatMul, the recurrence in a Scan.
+
+    The recurrence is causal, so the right padding of a classifier batch changes no real
+    position's output and needs no sequence lengths.
+    """
+    H = rnn.n_out
+    axis0 = g.const(f"q{i}_axis0", np.array([0], np.int64))
+    first = g.op(
+        "Slice",
+        [
+            x,
+            g.const(f"q{i}_s0", np.array([0], np.int64)),
+            g.const(f"q{i}_e1", np.array([1], np.int64)),
+            axis0,
+        ],
+    )
+    zeros_like_first = g.const(f"q{i}_zero", np.array(0.0, np.float32))
+    finals = []
+    inputs = x
+    if rnn.window == 2:
+        prev = state[1] if state else g.op("Mul", [first, zeros_like_first])  # [1, batch, n_in]
+        but_last = g.op(
+            "Slice",
+            [
+                x,
+                g.const(f"q{i}_s0b", np.array([0], np.int64)),
+                g.const(f"q{i}_em1", np.array([-1], np.int64)),
+                axis0,
+            ],
+        )
+        before = g.op("Concat", [prev, but_last], axis=0)
+        inputs = g.op("Concat", [before, x], axis=2)
+        last = g.op(
+            "Slice",
+            [
+                x,
+                g.const(f"q{i}_sm1", np.array([-1], np.int64)),
+                g.const(f"q{i}_end", np.array([2**62], np.int64)),
+                axis0,
+            ],
+        )
+    gates = g.op("MatMul", [inputs, g.const(f"qrnn{i}_Wt", _np(rnn.weight_raw).T.copy())])
+    gates = g.op("Add", [gates, g.const(f"qrnn{i}_B", _np(rnn.bias))])
+    split = g.const(f"q{i}_split", np.array([H, H, H], np.int64))
+    z, f, o = g.op("Split", [gates, split], n_out=3, axis=2)
+    z, f, o = g.op("Tanh", [z]), g.op("Sigmoid", [f]), g.op("Sigmoid", [o])
+    if state:
+        c0 = g.op("Squeeze", [state[0], axis0])
+    else:  # zeros [batch, H], shaped from the data (the batch size is dynamic)
+        z_first = g.op(
+            "Slice",
+            [
+                z,
+                g.const(f"q{i}_zs0", np.array([0], np.int64)),
+                g.const(f"q{i}_ze1", np.array([1], np.int64)),
+                axis0,
+            ],
+        )
+        c0 = g.op("Squeeze", [g.op("Mul", [z_first, zeros_like_first]), axis0])
+    c_last, c_all = g.op("Scan", [c0, z, f], n_out=2, num_scan_inputs=2, body=_forget_mult_body(i))
+    finals.append(g.op("Unsqueeze", [c_last, axis0]))
+    if rnn.window == 2:
+        finals.append(last)
+    return g.op("Mul", [o, c_all]), finals
+
+
 def _encoder(g: _Graph, body, ids: str, seq_lens: str | None, state: list[str] | None):
-    """Embedding + LSTM layers, time-major inside; returns ([batch, seq, emb], final states)."""
+    """Embedding + recurrent layers, time-major inside; returns ([batch, seq, emb], final
+    states: (h, c) per LSTM layer; c, and the last input for window 2, per QRNN layer)."""
     x = g.op("Gather", [g.const("emb_weight", _np(body.encoder.weight)), ids], axis=0)
     x = g.op("Transpose", [x], perm=[1, 0, 2])
     finals = []
+    taken = 0
     for i, rnn in enumerate(body.rnns):
-        w, r, b = _lstm_weights(rnn)
-        inputs = [x, g.const(f"lstm{i}_W", w), g.const(f"lstm{i}_R", r), g.const(f"lstm{i}_B", b)]
-        inputs.append(seq_lens or "")
-        if state is not None:
-            inputs += [state[2 * i], state[2 * i + 1]]
-        y, yh, yc = g.op("LSTM", inputs, n_out=3, hidden_size=rnn.n_out)
-        x = g.op("Squeeze", [y, g.const(f"axis1_{i}", np.array([1], np.int64))])
-        finals += [yh, yc]
+        n = len(state_widths(rnn))
+        layer_state = [] if state is None else state[taken : taken + n]
+        taken += n
+        if body.config.arch == "qrnn":
+            x, out = _qrnn_layer(g, i, rnn, x, layer_state)
+        else:
+            x, out = _lstm_layer(g, i, rnn, x, seq_lens, layer_state)
+        finals += out
     return g.op("Transpose", [x], perm=[1, 0, 2]), finals
+
+
+def state_widths(rnn) -> list[int]:
+    """The widths of a layer's state tensors in the LM graph ([1, batch, width] each)."""
+    if hasattr(rnn, "window"):
+        return [rnn.n_out] + ([rnn.n_in] if rnn.window == 2 else [])
+    return [rnn.n_out, rnn.n_out]
 
 
 def _head(g: _Graph, head, x: str) -> str:
@@ -180,8 +287,8 @@ def lm_graph(model) -> Any:
 
     g = _Graph()
     body = model.body
-    sizes = [r.n_out for r in body.rnns]
-    state_in = [f"state_in_{k}" for k in range(2 * len(sizes))]
+    sizes = [w for r in body.rnns for w in state_widths(r)]
+    state_in = [f"state_in_{k}" for k in range(len(sizes))]
     out, finals = _encoder(g, body, "ids", None, state_in)
     dec = model.head.decoder
     logits = g.op("MatMul", [out, g.const("dec_wt", _np(dec.weight).T.copy())])
@@ -192,12 +299,12 @@ def lm_graph(model) -> Any:
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])]
     inputs += [
-        helper.make_tensor_value_info(n, f32, [1, "batch", sizes[k // 2]])
+        helper.make_tensor_value_info(n, f32, [1, "batch", sizes[k]])
         for k, n in enumerate(state_in)
     ]
     outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "seq", len(dec.bias)])]
     outputs += [
-        helper.make_tensor_value_info(f"state_out_{k}", f32, [1, "batch", sizes[k // 2]])
+        helper.make_tensor_value_info(f"state_out_{k}", f32, [1, "batch", sizes[k]])
         for k in range(len(finals))
     ]
     return _model(g, "fastulm_language_model", inputs, outputs)
@@ -269,6 +376,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, force: bool = False) ->
     else:
         model = lm_graph(run.model)
         settings["state_sizes"] = [r.n_out for r in run.model.body.rnns]
+        settings["state_widths"] = [w for r in run.model.body.rnns for w in state_widths(r)]
         labels = None
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "model.onnx", lambda tmp: onnx.save(model, tmp))

@@ -171,15 +171,14 @@ class ExportedClassifier(_Exported):
 
 
 class ExportedLM(_Exported):
-    """A language-model export (encoder + tied decoder): next-token scores; the LSTM state
-    is passed in and out, so a caller can feed tokens one at a time."""
+    """A language-model export (encoder + tied decoder): next-token scores; the recurrent
+    state is passed in and out, so a caller can feed tokens one at a time."""
 
     def zero_state(self, bs: int) -> list[np.ndarray]:
-        return [
-            np.zeros((1, bs, n), dtype=np.float32)
-            for n in self.settings["state_sizes"]
-            for _ in ("h", "c")
-        ]
+        widths = self.settings.get("state_widths")  # older exports: (h, c) per LSTM layer
+        if widths is None:
+            widths = [n for n in self.settings["state_sizes"] for _ in ("h", "c")]
+        return [np.zeros((1, bs, n), dtype=np.float32) for n in widths]
 
     def logits(
         self, ids: np.ndarray, state: list[np.ndarray] | None = None

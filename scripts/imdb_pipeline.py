@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-bptt", type=int, help=f"LM window (GPU default {GPU_LM['bptt']})")
     p.add_argument("--lm-lr", type=float, help="the LM one-cycle's peak rate (preset's first)")
     p.add_argument("--clas-bs", type=int, help=f"classifier batch (GPU default {GPU_CLAS_BS})")
+    p.add_argument(
+        "--arch",
+        choices=("lstm", "qrnn"),
+        default="lstm",
+        help="recurrent layers of the LM and the classifier (qrnn: faster on a GPU)",
+    )
     p.add_argument("--max-lm-epochs", type=int, default=12, help="the plan's LM epochs at most")
     p.add_argument("--probe-steps", type=int, default=6, help="timed steps per probe")
     p.add_argument(
@@ -209,7 +215,15 @@ def _time_valid(learn, n: int) -> tuple[float, int]:
     return seconds, tokens
 
 
-def probe(corpus_dir: Path, preset_name: str, device: str, lm: dict, clas_bs: int, n: int) -> dict:
+def probe(
+    corpus_dir: Path,
+    preset_name: str,
+    device: str,
+    lm: dict,
+    clas_bs: int,
+    n: int,
+    arch: str = "lstm",
+) -> dict:
     """Measured throughput of the real trainer (its step: forward, AR/TAR, backward, AdamW) on
     this corpus: the LM at ``lm`` bs x bptt, the unfrozen classifier at ``clas_bs``, and the
     classifier's validation (forward only)."""
@@ -227,6 +241,7 @@ def probe(corpus_dir: Path, preset_name: str, device: str, lm: dict, clas_bs: in
     preset = get_preset(preset_name)
     corpus = open_corpus(corpus_dir)
     common = dict(device=device, show_progress=False, show_table=False, **preset.model_kw())
+    common["arch"] = arch
     out: dict = {}
     learn = language_model_learner(
         corpus, drop_mult=preset.lm.drop_mult, bs=lm["bs"], bptt=lm["bptt"], **common
@@ -499,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     clas_bs = args.clas_bs or (GPU_CLAS_BS if on_gpu else preset.clas.bs)
     state["setup"] = (
-        f"preset {args.preset}, limit {args.limit or 'none'}, device {device}, "
+        f"preset {args.preset}, arch {args.arch}, limit {args.limit or 'none'}, device {device}, "
         f"LM bs {lm['bs']} x bptt {lm['bptt']} lr {lm['lr']:g}, classifier bs {clas_bs}, "
         f"budget {args.time_budget} min" + (" (no plan)" if args.no_plan else "")
     )
@@ -532,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     lm_done = (work / "lm" / "encoder.safetensors").exists()
     clas_done = (work / "clas" / "model.safetensors").exists()
     startup_s = 20.0 if on_gpu else 10.0
-    lm_args = shlex.split(args.lm_args)
+    lm_args = ["--arch", args.arch, *shlex.split(args.lm_args)]  # the classifiers follow it
     clas_args = shlex.split(args.clas_args)
     if args.no_plan:
         lm_args = ["--bs", str(lm["bs"]), "--bptt", str(lm["bptt"]), *lm_args]
@@ -540,7 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     elif not lm_done and "plan" not in state:
         measured = timed(
             "probe",
-            lambda: probe(work / "corpus", args.preset, device, lm, clas_bs, args.probe_steps),
+            lambda: probe(
+                work / "corpus", args.preset, device, lm, clas_bs, args.probe_steps, args.arch
+            ),
         )
         state["measured"] = measured
         plan = make_plan(measured, preset, budget.left_s(), args, startup_s)

@@ -324,3 +324,48 @@ def test_grad_checkpoint_gives_the_same_gradients_at_every_step(
             assert (ga - gb).norm() <= 1e-4 * ga.norm() + 1e-9, (
                 f"step {i} ({stage}), trained parameter {j} {tuple(ga.shape)}"
             )
+
+
+def test_qrnn_lm_then_a_classifier_with_its_layers(small_corpus, tmp_path, capsys):
+    """--arch qrnn on the LM; the classifier takes the encoder's layers without being told,
+    and refuses a contradicting --arch with one line."""
+    import json
+
+    lm, clas = tmp_path / "lm", tmp_path / "clas"
+    assert (
+        train_main(["lm", str(small_corpus), str(lm), *TINY, "--epochs", "1", "--arch", "qrnn"])
+        == 0
+    )
+    assert json.loads((lm / "encoder.json").read_text())["config"]["arch"] == "qrnn"
+    argv = [
+        "clas",
+        str(small_corpus),
+        str(clas),
+        *TINY,
+        "--encoder",
+        str(lm),
+        "--final-epochs",
+        "1",
+    ]
+    assert train_main(argv) == 0
+    state = load_file(clas / "model.safetensors")
+    assert "0.module.rnns.0.weight_raw" in state and not any("weight_hh" in k for k in state)
+    capsys.readouterr()
+    assert predict.main([str(clas), "This film was great and fun."]) == 0
+    assert capsys.readouterr().out.split()[0] in {"pos", "neg"}
+    assert (
+        train_main(
+            [
+                "clas",
+                str(small_corpus),
+                str(tmp_path / "c2"),
+                *TINY,
+                "--encoder",
+                str(lm),
+                "--arch",
+                "lstm",
+            ]
+        )
+        == 1
+    )
+    assert "QRNN layers but the model has LSTM" in _one_error_line(capsys)

@@ -18,12 +18,13 @@ measurements and says so in the JSON):
                 vocab 60k) and of the unfrozen classifier (bs 48, 1440-token documents):
                 fastai with to_fp16() (fp16 autocast + GradScaler) and fp32, fastulm at the
                 decided precision with each piece on/off;
-  5. lm_sweep   fastulm's LM training step at paper sizes, vocab 60k, bptt 80, bs 64/128/256/512,
-                linear + CE chunk at its default (64 MB) and at 1 GiB: tokens/s and peak memory
-                (sizes the full-IMDB recipe, scripts/imdb_pipeline.py);
+  5. lm_sweep   fastulm's LM training step at paper sizes, vocab 60k, bptt 80, bs 64/128/256/512:
+                LSTM layers, then QRNN layers (--arch qrnn), at the default linear + CE chunk
+                (64 MB), then LSTM at a 1 GiB chunk: tokens/s and peak memory (sizes the
+                full-IMDB recipe, scripts/imdb_pipeline.py, and says whether QRNN pays);
   6. max_batch  with the process capped at 8 GiB: the largest batch size at which a full
                 training step fits, fastai (to_fp16) vs fastulm;
-  7. kernels    triton.testing.do_bench (median ms) and peak MiB of the three ops vs their torch
+  7. kernels    triton.testing.do_bench (median ms) and peak MiB of the four ops vs their torch
                 references.
 
 Files in --out (default $OUT): suite-YYYY-MM-DD.json (rewritten after every measurement, with
@@ -457,35 +458,43 @@ def stage_steps(cfg, clock, res) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # 5. LM throughput sweep
 def stage_lm_sweep(cfg, clock, res) -> list[dict]:
+    """LSTM rows at the default CE chunk first (they size the IMDB recipe), then the same
+    batches with QRNN layers (whether the recipe should switch), then a 1 GiB CE chunk."""
     rows: list[dict] = []
     res.data["lm_sweep"] = rows
     _, _, build = STEP_VARIANTS["lm/fastulm"]
     saved = os.environ.get("FASTULM_CE_CHUNK_MB")
+    plan = [("lstm", None, bs) for bs in cfg.sweep_bs]
+    plan += [("qrnn", None, bs) for bs in cfg.sweep_bs]
+    plan += [("lstm", 1024, bs) for bs in cfg.sweep_bs]
     try:
-        for chunk_mb in (None, 1024):
-            for bs in cfg.sweep_bs:
-                row = {"bs": bs, "bptt": cfg.sweep_bptt, "ce_chunk_mb": chunk_mb or "default"}
-                row["precision"] = str(cfg.amp).replace("torch.", "") if cfg.amp else "fp32"
-                if clock.left() < cfg.min_step_s:
-                    row["skipped"] = "time budget"
+        for arch, chunk_mb, bs in plan:
+            row = {"arch": arch, "bs": bs, "bptt": cfg.sweep_bptt}
+            row["ce_chunk_mb"] = chunk_mb or "default"
+            row["precision"] = str(cfg.amp).replace("torch.", "") if cfg.amp else "fp32"
+            if clock.left() < cfg.min_step_s:
+                row["skipped"] = "time budget"
+            else:
+                if chunk_mb is None:
+                    os.environ.pop("FASTULM_CE_CHUNK_MB", None)
                 else:
-                    if chunk_mb is None:
-                        os.environ.pop("FASTULM_CE_CHUNK_MB", None)
-                    else:
-                        os.environ["FASTULM_CE_CHUNK_MB"] = str(chunk_mb)
-                    free()
-                    try:
-                        m = _measure(cfg, build(cfg, bs, cfg.sweep_bptt), cfg.repeats)
-                        row.update(m)
-                        row["tokens_per_s"] = round(bs * cfg.sweep_bptt / m["step_s"])
-                    except Exception as err:
-                        if not is_oom(err):
-                            traceback.print_exc()
-                        row["error"] = err_text(err)
-                    free()
-                rows.append(row)
-                log(f"lm sweep {row}")
-                res.save()
+                    os.environ["FASTULM_CE_CHUNK_MB"] = str(chunk_mb)
+                free()
+                try:
+                    c = argparse.Namespace(
+                        **{**vars(cfg), "sizes": {**(cfg.sizes or {}), "arch": arch}}
+                    )
+                    m = _measure(cfg, build(c, bs, cfg.sweep_bptt), cfg.repeats)
+                    row.update(m)
+                    row["tokens_per_s"] = round(bs * cfg.sweep_bptt / m["step_s"])
+                except Exception as err:
+                    if not is_oom(err):
+                        traceback.print_exc()
+                    row["error"] = err_text(err)
+                free()
+            rows.append(row)
+            log(f"lm sweep {row}")
+            res.save()
     finally:
         if saved is None:
             os.environ.pop("FASTULM_CE_CHUNK_MB", None)
@@ -614,6 +623,23 @@ def _drop_case(cfg, dtype):
     }
 
 
+def _forget_mult_case(cfg, dtype):
+    """The QRNN recurrence at an LM batch's size: the fused kernel against the same maths
+    in plain autograd ops, step by step (what a QRNN without the kernel runs)."""
+    from fastulm.kernels import forget_mult
+    from fastulm.kernels.forget_mult import forget_mult_reference
+
+    bs, T, H = cfg.qrnn_shape
+    dev = cfg.device
+    gates = torch.randn(bs, T, 3 * H, device=dev, dtype=dtype, requires_grad=True)
+    c0 = torch.zeros(bs, H, device=dev)
+    g = torch.randn(bs, T, H, device=dev, dtype=dtype)
+    return {
+        impl: (lambda fm=fm: torch.autograd.grad(fm(gates, c0)[0], gates, g))
+        for impl, fm in (("fastulm", forget_mult), ("reference", forget_mult_reference))
+    }
+
+
 def _lce_case(cfg, dtype):
     from fastulm.kernels import linear_cross_entropy
     from fastulm.kernels.linear_ce import linear_cross_entropy_reference
@@ -640,6 +666,7 @@ def stage_kernels(cfg, clock, res) -> list[dict]:
         ("masked_concat_pool fwd+bwd", BF16, cfg.pool_shape, _pool_case),
         ("masked_concat_pool fwd+bwd", torch.float32, cfg.pool_shape, _pool_case),
         ("weight_drop fwd+bwd", torch.float32, cfg.drop_shape, _drop_case),
+        ("forget_mult fwd+bwd", BF16, cfg.qrnn_shape, _forget_mult_case),
     ]
     rows: list[dict] = []
     res.data["kernels"] = rows
@@ -789,6 +816,7 @@ def _config(args) -> argparse.Namespace:
         cfg.lstm_sizes, cfg.lstm_batch = (24, 40), (2, 12)
         cfg.sweep_bs, cfg.sweep_bptt = [4, 8], 20
         cfg.pool_shape, cfg.drop_shape, cfg.lce_shape = (4, 144, 40), (96, 48), (64, 40, 500)
+        cfg.qrnn_shape = (4, 20, 40)
         cfg.lm_batches, cfg.clas_batches = [2, 4], [2, 4]
         cfg.min_step_s, cfg.min_kernel_s = 0.5, 0.5
         cfg.test_select = ["-k", args.test_k or "philox and shape0"]
@@ -797,6 +825,7 @@ def _config(args) -> argparse.Namespace:
         cfg.sizes = None
         cfg.lstm_sizes, cfg.lstm_batch = (400, 1152), (64, 80)
         cfg.sweep_bs, cfg.sweep_bptt = [64, 128, 256, 512], 80
+        cfg.qrnn_shape = (256, 80, 1152)
         cfg.pool_shape, cfg.drop_shape, cfg.lce_shape = (
             (48, 1440, 400),
             (4608, 1152),

@@ -1,4 +1,5 @@
-"""The AWD-LSTM encoder: embedding, locked dropouts and weight-dropped one-layer LSTMs.
+"""The AWD-LSTM encoder: embedding, locked dropouts and weight-dropped one-layer LSTMs
+(or QRNN layers, ``config.arch == "qrnn"``, see qrnn.py).
 
 Parameter names follow the reference (fastai 2.8.12 ``AWD_LSTM``) so state dicts load both
 ways: ``encoder.weight``, ``encoder_dp.emb.weight`` (the same tensor),
@@ -16,9 +17,11 @@ from torch import nn
 from fastulm.kernels import weight_drop
 from fastulm.model.config import AWDLSTMConfig
 from fastulm.model.dropouts import EmbeddingDropout, RNNDropout
+from fastulm.model.qrnn import WeightDropQRNN
 from fastulm.model.recompute import recompute
 
-State = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (h, c), each [1, bs, n_out]
+# per layer a pair of [1, bs, *] tensors: (h, c) for an LSTM, (c, previous input) for a QRNN
+State = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class LSTMWeights(nn.Module):
@@ -63,6 +66,9 @@ class WeightDropLSTM(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
+    def zero_state(self, bs: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return like.new_zeros(1, bs, self.n_out), like.new_zeros(1, bs, self.n_out)
+
     def dropped_weight(self) -> torch.Tensor:
         raw = self.weight_hh_l0_raw
         if not self.training or self.weight_p == 0.0:
@@ -102,9 +108,14 @@ class AWDLSTM(nn.Module):
         self.encoder = nn.Embedding(vocab_size, c.emb_sz, padding_idx=c.pad_token)
         self.encoder_dp = EmbeddingDropout(self.encoder, c.embed_p)
         sizes = [c.emb_sz] + [c.n_hid] * (c.n_layers - 1) + [c.emb_sz]
-        self.rnns = nn.ModuleList(
-            WeightDropLSTM(sizes[i], sizes[i + 1], c.weight_p) for i in range(c.n_layers)
-        )
+        if c.arch == "qrnn":
+            layers = [
+                WeightDropQRNN(sizes[i], sizes[i + 1], c.weight_p, window=2 if i == 0 else 1)
+                for i in range(c.n_layers)
+            ]
+        else:
+            layers = [WeightDropLSTM(sizes[i], sizes[i + 1], c.weight_p) for i in range(c.n_layers)]
+        self.rnns = nn.ModuleList(layers)
         nn.init.uniform_(self.encoder.weight, -self.initrange, self.initrange)
         self.input_dp = RNNDropout(c.input_p)
         self.hidden_dps = nn.ModuleList(RNNDropout(c.hidden_p) for _ in range(c.n_layers))
@@ -113,8 +124,7 @@ class AWDLSTM(nn.Module):
 
     # -- state ------------------------------------------------------------------------
     def zero_state(self, bs: int) -> State:
-        w = self.encoder.weight
-        return [(w.new_zeros(1, bs, r.n_out), w.new_zeros(1, bs, r.n_out)) for r in self.rnns]
+        return [r.zero_state(bs, self.encoder.weight) for r in self.rnns]
 
     def reset(self) -> None:
         """Forget the carried hidden state (next call starts from zeros)."""
@@ -128,16 +138,16 @@ class AWDLSTM(nn.Module):
         if old == bs:
             return self.hidden
         if old > bs:
-            return [(h[:, :bs].contiguous(), c[:, :bs].contiguous()) for h, c in self.hidden]
+            return [tuple(t[:, :bs].contiguous() for t in pair) for pair in self.hidden]
         zeros = self.zero_state(bs - old)
         return [
-            (torch.cat([h, zh], 1), torch.cat([c, zc], 1))
-            for (h, c), (zh, zc) in zip(self.hidden, zeros)
+            tuple(torch.cat([t, z], 1) for t, z in zip(pair, zero))
+            for pair, zero in zip(self.hidden, zeros)
         ]
 
     # -- computation ------------------------------------------------------------------
     def _layer(self, i: int, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-        out, (h, c) = self.rnns[i](x, (h, c))
+        out, (h, c) = self.rnns[i](x, (h, c))  # a QRNN's pair is (c, previous input)
         if i != self.n_layers - 1:
             out = self.hidden_dps[i](out)
         return out, h, c
@@ -163,5 +173,5 @@ class AWDLSTM(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out, state = self.run(ids, self._state_for(ids.size(0)), self.checkpoint)
         dtype = self.encoder.weight.dtype  # autocast may return bf16/fp16 states
-        self.hidden = [(h.detach().to(dtype), c.detach().to(dtype)) for h, c in state]
+        self.hidden = [tuple(t.detach().to(dtype) for t in pair) for pair in state]
         return out

@@ -10,6 +10,7 @@ from typing import Any
 _LM_DROPS = dict(output_p=0.1, hidden_p=0.15, input_p=0.25, embed_p=0.02, weight_p=0.2)
 _CLAS_DROPS = dict(output_p=0.4, hidden_p=0.3, input_p=0.4, embed_p=0.05, weight_p=0.5)
 DROPOUT_FIELDS = ("hidden_p", "input_p", "embed_p", "weight_p", "output_p")
+ARCHS = ("lstm", "qrnn")
 
 
 @dataclass
@@ -34,8 +35,11 @@ class AWDLSTMConfig:
     checkpoint: bool = False
     lin_ftrs: tuple[int, ...] = field(default=(50,))
     head_ps: tuple[float, ...] = field(default=(0.1,))
+    arch: str = "lstm"
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         # A probability of 1 divides by zero in the dropout scale (1 - p): NaNs, not an error.
         for name in DROPOUT_FIELDS:
             if not 0.0 <= getattr(self, name) < 1.0:

@@ -37,8 +37,10 @@ def _encoder(model: nn.Module) -> AWDLSTM:
 
 def _sizes(state: dict[str, torch.Tensor]) -> str:
     vocab, emb = state["encoder.weight"].shape
-    n_layers = sum(k.endswith("weight_hh_l0_raw") for k in state)
-    n_hid = state["rnns.0.weight_hh_l0_raw"].shape[1] if n_layers > 1 else emb
+    # QRNN layers (weight_raw [3 * n_out, window * n_in]), or LSTM ones ([4 * n_out, n_out])
+    key, gates = ("weight_raw", 3) if "rnns.0.weight_raw" in state else ("weight_hh_l0_raw", 4)
+    n_layers = sum(k.endswith(key) for k in state)
+    n_hid = state[f"rnns.0.{key}"].shape[0] // gates if n_layers > 1 else emb
     return f"vocab {vocab}, emb_sz {emb}, n_hid {n_hid}, n_layers {n_layers}"
 
 
@@ -159,6 +161,12 @@ def load_encoder(
             raise EncoderMismatchError(_vocab_mismatch(path, saved_vocab, list(vocab)))
         state = _remap_rows(state, saved_vocab, list(vocab))
     target = enc.state_dict()
+    saved_qrnn = "rnns.0.weight_raw" in state
+    if saved_qrnn != (enc.config.arch == "qrnn"):
+        raise EncoderMismatchError(
+            f"{path}: the saved encoder has {'QRNN' if saved_qrnn else 'LSTM'} layers but the "
+            f"model has {enc.config.arch.upper()} layers (--arch {'qrnn' if saved_qrnn else 'lstm'})"
+        )
     if set(state) != set(target):
         raise EncoderMismatchError(
             f"{path}: not an AWD-LSTM encoder with {len(target)} tensors "
@@ -175,6 +183,14 @@ def load_encoder(
 def encoder_vocab(path: str | Path) -> list[str]:
     """The vocab an encoder saved by ``save_encoder`` was trained with."""
     return _read_vocab(_paths(path)[1])
+
+
+def encoder_config(path: str | Path) -> AWDLSTMConfig:
+    """The configuration an encoder saved by ``save_encoder`` was built with."""
+    js_path = _paths(path)[1]
+    _read_vocab(js_path)  # the file's checks
+    meta = json.loads(js_path.read_bytes().decode("utf-8"))
+    return AWDLSTMConfig.from_dict(meta["config"])
 
 
 def _vocab_mismatch(path: Path, saved: list[str], vocab: list[str]) -> str:

@@ -99,6 +99,11 @@ def load_pretrained(
     (a LanguageModel, or a TextClassifier whose encoder gets the weights), for ``new_vocab``."""
     from fastulm.model.classifier import TextClassifier
 
+    if any(type(m).__name__ == "WeightDropQRNN" for m in model.modules()):
+        raise PretrainedFormatError(
+            f"{weights_path}: fastai's pretrained weights are for LSTM layers, and this model "
+            "has QRNN layers: use --arch lstm with --pretrained"
+        )
     state = match_embeds(load_lm_state(weights_path), load_itos(vocab_path), list(new_vocab))
     if isinstance(model, TextClassifier):
         state = {"0.module." + k[2:]: v for k, v in state.items() if k.startswith("0.")}

@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--emb-sz", type=int)
         s.add_argument("--n-hid", type=int)
         s.add_argument("--n-layers", type=int)
+        s.add_argument(
+            "--arch",
+            choices=("lstm", "qrnn"),
+            help="recurrent layers: lstm (AWD-LSTM, the default) or qrnn (fastai 1's QRNN "
+            "layers: faster on a GPU, no pretrained weights)"
+            + ("" if stage == "lm" else "; default: the --encoder's"),
+        )
         s.add_argument("--lr", type=float, help="first stage's learning rate")
         s.add_argument("--wd", type=float, help="decoupled weight decay (default: 0.01)")
         s.add_argument("--clip", type=float, help="clip the gradient norm to this value")
@@ -206,6 +213,7 @@ def _train(args, stop, ctx, preset, recipe, stages, run_dir: Path) -> int:
     from fastulm.train.text_learners import language_model_learner, text_classifier_learner
 
     size = {k: getattr(args, k) or v for k, v in preset.model_kw().items()}
+    size["arch"] = args.arch or _encoder_arch(args)
     common = dict(
         bs=args.bs or recipe.bs,
         bptt=args.bptt or recipe.bptt,
@@ -351,6 +359,18 @@ def _load_encoder(learn, args, say: bool) -> None:
                     file=sys.stderr,
                 )
     learn.load_encoder(path, remap_vocab=remap)
+
+
+def _encoder_arch(args) -> str:
+    """A classifier takes the layers of its --encoder unless --arch says otherwise."""
+    if args.stage != "clas" or not getattr(args, "encoder", None):
+        return "lstm"
+    from fastulm.model.encoder_io import encoder_config
+
+    path = _encoder_path(args.encoder)
+    if path.suffix == ".pth" or not path.with_name(path.name + ".json").is_file():
+        return "lstm"  # a fastai encoder: LSTM layers; a missing file is reported on load
+    return encoder_config(path).arch
 
 
 def _encoder_path(arg: str) -> Path:

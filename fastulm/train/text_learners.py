@@ -31,6 +31,8 @@ from fastulm.train.run_dir import write_run
 
 # fastai's TextLearner default; the generic Learner keeps fit_one_cycle's (0.95, 0.85, 0.95)
 TEXT_MOMS = (0.8, 0.7, 0.8)
+# the model settings the learners take as keywords (the rest of AWDLSTMConfig via config=)
+MODEL_KEYS = ("emb_sz", "n_hid", "n_layers", "arch")
 
 
 class DocSubset(Docs):
@@ -204,11 +206,12 @@ def language_model_learner(
 
     ``pretrained=(weights.pth, itos.pkl)`` loads fastai-format weights (e.g. WikiText-103)
     remapped to this vocab and freezes the body, as fastai does. Model sizes go in ``config``
-    or as ``emb_sz=``/``n_hid=``/``n_layers=``; other keywords go to ``Learner``.
+    or as ``emb_sz=``/``n_hid=``/``n_layers=``/``arch=`` (``"lstm"`` or ``"qrnn"``); other
+    keywords go to ``Learner``.
     """
     corpus = _open(corpus)
     kwargs.setdefault("moms", TEXT_MOMS)
-    model_kw = {k: kwargs.pop(k) for k in ("emb_sz", "n_hid", "n_layers") if k in kwargs}
+    model_kw = {k: kwargs.pop(k) for k in MODEL_KEYS if k in kwargs}
     if config is None:
         config = AWDLSTMConfig.lm(drop_mult, bptt=bptt, checkpoint=grad_checkpoint, **model_kw)
     ctx, rank_bs = _settings(bs)
@@ -282,7 +285,7 @@ def text_classifier_learner(
         train, valid = (_labelled(s) for s in (train, valid))
         train_hot = valid_hot = None
         _check_classes(corpus, train_split, valid_split, train, valid, names, n_classes)
-    model_kw = {k: kwargs.pop(k) for k in ("emb_sz", "n_hid", "n_layers") if k in kwargs}
+    model_kw = {k: kwargs.pop(k) for k in MODEL_KEYS if k in kwargs}
     if config is None:
         config = AWDLSTMConfig.classifier(
             drop_mult, bptt=bptt, max_len=max_len, checkpoint=grad_checkpoint, **model_kw

@@ -125,6 +125,24 @@ def test_budgeted_recipe_end_to_end_on_the_cpu(tmp_path):
 
 
 @pytest.mark.slow
+def test_budgeted_recipe_with_qrnn_layers(tmp_path):
+    """--arch qrnn: the probe, the LM and the classifier all run QRNN layers."""
+    pipe = _load()
+    src = make_fake_imdb(tmp_path / "data", n=12)
+    work = tmp_path / "work"
+    args = ["--archive", str(src), "--work", str(work), "--preset", "tiny", "--device", "cpu"]
+    args += ["--workers", "1", "--time-budget", "4", "--max-lm-epochs", "1", "--arch", "qrnn"]
+    args += ["--lm-bs", "8", "--clas-bs", "8", "--probe-steps", "2"]
+    args += ["--lm-args", "--threads 1", "--clas-args", "--threads 1"]
+    assert pipe.main(args) == 0
+    result = json.loads((work / "result.json").read_text())
+    assert result["complete"] and result["n_test"] == 24 and "arch qrnn" in result["setup"]
+    for run in ("lm", "clas"):
+        config = json.loads((work / run / "config.json").read_text())
+        assert config["model"]["arch"] == "qrnn", run
+
+
+@pytest.mark.slow
 def test_ratings_stage_on_the_same_lm(tmp_path):
     """--ratings: after the 2-class run, the 8-class rating task from the file names, on the
     LM's vocab and encoder, scored on every test review; a call cut short resumes it."""
