@@ -98,3 +98,23 @@ def cpu_bf16_lstm_ok() -> bool:
         return out.dtype == torch.bfloat16
     except RuntimeError:
         return False
+
+
+def pad_chunk(docs, bptt: int, pad: int = 1):
+    """fastai's pad_chunk layout written out independently: whole pad chunks first, the
+    rest of the padding last (``docs``: 1-D token tensors)."""
+    import torch
+
+    m = max(len(d) for d in docs)
+    rows = []
+    for d in docs:
+        n = m - len(d)
+        rows.append(
+            torch.cat([torch.full(((n // bptt) * bptt,), pad), d, torch.full((n % bptt,), pad)])
+        )
+    return torch.stack(rows)
+
+
+def param_grads(model) -> dict:
+    """A copy of every parameter gradient that exists, by name."""
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -14,9 +14,8 @@ import math
 import torch
 from torch import nn
 
-from fastulm.kernels import weight_drop
 from fastulm.model.config import AWDLSTMConfig
-from fastulm.model.dropouts import EmbeddingDropout, RNNDropout
+from fastulm.model.dropouts import EmbeddingDropout, RNNDropout, drop_connect
 from fastulm.model.qrnn import WeightDropQRNN
 from fastulm.model.recompute import recompute
 
@@ -70,11 +69,7 @@ class WeightDropLSTM(nn.Module):
         return like.new_zeros(1, bs, self.n_out), like.new_zeros(1, bs, self.n_out)
 
     def dropped_weight(self) -> torch.Tensor:
-        raw = self.weight_hh_l0_raw
-        if not self.training or self.weight_p == 0.0:
-            return raw
-        seed = int(torch.randint(2**31 - 1, (1,)).item())
-        return weight_drop(raw, self.weight_p, seed)
+        return drop_connect(self.weight_hh_l0_raw, self.weight_p, self.training)
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]

@@ -1,10 +1,23 @@
-"""The AWD-LSTM dropouts: locked (one mask per sequence) and whole-word embedding dropout."""
+"""The AWD-LSTM dropouts: locked (one mask per sequence), whole-word embedding dropout and
+DropConnect on a recurrent layer's weights."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fastulm.kernels import weight_drop
+
+
+def drop_connect(raw: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``raw`` with entries dropped once per forward (training only). The seed comes from
+    torch's default generator, so activation checkpointing (which restores it) replays the
+    same mask."""
+    if not training or p == 0.0:
+        return raw
+    seed = int(torch.randint(2**31 - 1, (1,)).item())
+    return weight_drop(raw, p, seed)
 
 
 def dropout_mask(x: torch.Tensor, shape: tuple[int, ...], p: float) -> torch.Tensor:

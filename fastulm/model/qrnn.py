@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fastulm.kernels import forget_mult, weight_drop
+from fastulm.kernels import forget_mult
+from fastulm.model.dropouts import drop_connect
 
 
 class WeightDropQRNN(nn.Module):
@@ -46,11 +47,7 @@ class WeightDropQRNN(nn.Module):
         return like.new_zeros(1, bs, self.n_out), prev
 
     def dropped_weight(self) -> torch.Tensor:
-        raw = self.weight_raw
-        if not self.training or self.weight_p == 0.0:
-            return raw
-        seed = int(torch.randint(2**31 - 1, (1,)).item())
-        return weight_drop(raw, self.weight_p, seed)
+        return drop_connect(self.weight_raw, self.weight_p, self.training)
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]

@@ -12,14 +12,10 @@ import pytest
 import torch
 
 from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
-from fastulm_testkit import cpu_bf16_lstm_ok
+from fastulm_testkit import cpu_bf16_lstm_ok, param_grads
 
 V = 50
 SMALL = dict(emb_sz=16, n_hid=24)
-
-
-def _grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 TOL = {torch.float64: dict(atol=1e-12, rtol=1e-12), torch.float32: dict(atol=1e-5, rtol=1e-4)}
@@ -51,7 +47,7 @@ def test_classifier_chunk_checkpointing_gives_identical_gradients(dtype):
         out = model(x)
         loss = torch.nn.functional.cross_entropy(out.logits, y) + out.raw.float().pow(2).mean()
         loss.backward()
-        results.append((loss.detach(), _grads(model)))
+        results.append((loss.detach(), param_grads(model)))
     torch.testing.assert_close(results[0][0], results[1][0], **TOL[dtype])
     _assert_same(results[0][1], results[1][1], dtype)
     assert results[0][1]["0.module.rnns.0.weight_hh_l0_raw"].abs().sum() > 0
@@ -76,7 +72,7 @@ def _lm_losses_and_grads(dtype):
             loss = res.loss + 2 * res.dropped.float().pow(2).mean()
             loss.backward()
             losses.append(loss.detach())
-        results.append((losses, _grads(model)))
+        results.append((losses, param_grads(model)))
     return results
 
 
@@ -151,7 +147,7 @@ def test_bf16_autocast_replays_in_the_recompute():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(model(x).logits, y)
         loss.backward()
-        grads.append(_grads(model))
+        grads.append(param_grads(model))
     assert dtypes == [torch.bfloat16] * 9  # 6 chunks (3 before max_len), then 3 recomputed
     # autocast caches its bf16 copy of weight_ih within one region: without checkpointing
     # the chunks' gradients add up in bf16 on that copy, checkpointed ones in fp32

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
+from fastulm_testkit import pad_chunk
 
 V = 50
 SMALL = dict(emb_sz=16, n_hid=24)
@@ -116,18 +117,6 @@ def test_lm_loss_equals_cross_entropy_of_logits():
     )
 
 
-def _pad_chunk(docs, bptt, pad=1):
-    """pad_chunk layout written out independently: whole pad chunks first, the rest last."""
-    m = max(len(d) for d in docs)
-    rows = []
-    for d in docs:
-        n = m - len(d)
-        rows.append(
-            torch.cat([torch.full(((n // bptt) * bptt,), pad), d, torch.full((n % bptt,), pad)])
-        )
-    return torch.stack(rows)
-
-
 def test_unsorted_batch_equals_sorted_batch():
     """Rows need not be sorted by length: each row's result is its own."""
     torch.manual_seed(0)
@@ -135,8 +124,8 @@ def test_unsorted_batch_equals_sorted_batch():
     docs = [torch.randint(2, V, (n,)) for n in (5, 17, 2, 11, 9)]
     order = [1, 3, 4, 0, 2]
     with torch.no_grad():
-        unsorted = clf(_pad_chunk(docs, 4)).logits
-        srt = clf(_pad_chunk([docs[i] for i in order], 4)).logits
+        unsorted = clf(pad_chunk(docs, 4)).logits
+        srt = clf(pad_chunk([docs[i] for i in order], 4)).logits
         alone = torch.cat([clf(d[None]).logits for d in docs])
     torch.testing.assert_close(unsorted[order], srt, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(unsorted, alone, atol=1e-6, rtol=1e-5)
@@ -150,7 +139,7 @@ def test_max_len_window_only_changes_what_is_pooled():
     clf = get_classifier(V, 3, bptt=bptt, max_len=max_len, **SMALL).eval()
     full = get_classifier(V, 3, bptt=bptt, max_len=None, **SMALL).eval()
     full.load_state_dict(clf.state_dict())
-    x = _pad_chunk([torch.randint(2, V, (n,)) for n in (22, 19, 14)], bptt)
+    x = pad_chunk([torch.randint(2, V, (n,)) for n in (22, 19, 14)], bptt)
     with torch.no_grad():
         out = clf(x)
         out_full = full(x)
@@ -185,7 +174,7 @@ def test_classifier_gradients_equal_fastai_with_max_len_window(fastai_text):
     )
     ours = get_classifier(V, 3, bptt=bptt, max_len=max_len, drop_mult=0.0, head_ps=(0.0,), **SMALL)
     ours.load_state_dict(ref.state_dict())
-    x = _pad_chunk([torch.randint(2, V, (n,)) for n in (22, 21, 18, 13, 10)], bptt)  # no 3379
+    x = pad_chunk([torch.randint(2, V, (n,)) for n in (22, 21, 18, 13, 10)], bptt)  # no 3379
     y = torch.tensor([0, 1, 2, 1, 0])
     ref.train()
     ours.train()

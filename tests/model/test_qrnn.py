@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from fastulm.model import AWDLSTMConfig, get_classifier, get_language_model
 from fastulm.model.encoder_io import EncoderMismatchError, load_encoder, save_encoder
 from fastulm.model.qrnn import WeightDropQRNN
+from fastulm_testkit import pad_chunk, param_grads
 
 V = 50
 SMALL = dict(emb_sz=16, n_hid=24, arch="qrnn")
@@ -79,17 +80,6 @@ def test_lm_windows_with_carried_state_equal_one_long_sequence():
     assert all(not t.requires_grad for pair in lm.body.hidden for t in pair)
 
 
-def _pad_chunk(docs, bptt, pad=1):
-    m = max(len(d) for d in docs)
-    rows = []
-    for d in docs:
-        n = m - len(d)
-        rows.append(
-            torch.cat([torch.full(((n // bptt) * bptt,), pad), d, torch.full((n % bptt,), pad)])
-        )
-    return torch.stack(rows)
-
-
 def test_classifier_chunks_equal_each_document_run_alone():
     """The chunk loop (rows joining at their first chunk) gives each row what the encoder
     gives that document in one piece, pooled by hand."""
@@ -97,7 +87,7 @@ def test_classifier_chunks_equal_each_document_run_alone():
     clf = get_classifier(V, 3, bptt=4, max_len=None, **SMALL).eval()
     docs = [torch.randint(2, V, (n,)) for n in (5, 17, 2, 11)]
     with torch.no_grad():
-        batch = clf(_pad_chunk(docs, 4))
+        batch = clf(pad_chunk(docs, 4))
         for i, d in enumerate(docs):
             out, _ = clf.body.run(d[None], clf.body.zero_state(1))
             pooled = torch.cat([out[0, -1], out[0].max(0)[0], out[0].mean(0)])
@@ -109,10 +99,6 @@ def test_classifier_chunks_equal_each_document_run_alone():
             torch.testing.assert_close(batch.logits[i], want[0], atol=1e-5, rtol=1e-4)
 
 
-def _grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 def test_checkpointing_gives_the_same_gradients():
     """Classifier chunks recomputed in backward replay the weight-drop and dropout masks."""
     torch.manual_seed(0)
@@ -120,7 +106,7 @@ def test_checkpointing_gives_the_same_gradients():
     plain = get_classifier(V, 3, cfg).double()
     ckpt = get_classifier(V, 3, cfg, checkpoint=True).double()
     ckpt.load_state_dict(plain.state_dict())
-    x = _pad_chunk([torch.randint(2, V, (n,)) for n in (22, 18, 9, 14)], 4)
+    x = pad_chunk([torch.randint(2, V, (n,)) for n in (22, 18, 9, 14)], 4)
     y = torch.tensor([0, 1, 2, 0])
     results = []
     for model in (plain, ckpt):
@@ -129,7 +115,7 @@ def test_checkpointing_gives_the_same_gradients():
         out = model(x)
         loss = F.cross_entropy(out.logits, y) + out.raw.pow(2).mean()
         loss.backward()
-        results.append(_grads(model))
+        results.append(param_grads(model))
     assert results[0].keys() == results[1].keys()
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], atol=1e-12, rtol=1e-12, msg=k)
