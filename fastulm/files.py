@@ -163,6 +163,10 @@ def check_replaceable(
         raise WriteError(f"{path}: is a link; give the folder it points to, or another path")
     if not path.is_dir():
         raise WriteError(f"{path}: exists and is not a folder; will not replace it")
+    if not os.access(path, os.W_OK | os.X_OK) or not path.stat().st_mode & 0o222:
+        # a folder the user made read-only is not fastulm's to swap for a writable one
+        # (checked by its mode too: root may write anywhere, yet was told not to here)
+        raise WriteError(f"{path}: is read-only; will not replace it")
     if not any(path.iterdir()):
         return
     other = foreign(path)

@@ -16,7 +16,9 @@ Predictions go to a CSV with an id column (the ``--id-col`` value, else the inpu
 row number), ``label`` and one ``p_<class>`` per class, rows in input order. ``--out``
 defaults to NAME.predictions.csv beside the input (standard output for ``--file -``), never
 the run directory; it is written by ``fastulm.files`` (atomic for a regular file, written
-through for a FIFO or device, ``-`` is standard output) and checked before the model runs.
+through for a FIFO or device, ``-`` is standard output) and checked before the model runs:
+never the input file, never inside a model's folder, and an existing file only when it is
+empty or a predictions CSV (so a rerun replaces its own output, never a user's file).
 The "wrote N predictions" note and the progress bar (docs/s, when stderr is a terminal) go
 to standard error, so standard output stays a clean CSV.
 
@@ -196,6 +198,43 @@ def default_out(source: str) -> str:
     return str(path.with_name(f"{path.stem}.predictions.csv"))
 
 
+def _is_predictions_csv(path: Path) -> bool:
+    """Does ``path`` start as ``_csv_text`` writes (id, ``label``, ``p_<class>``...)?"""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            header = next(csv.reader([f.readline()]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return len(header) >= 3 and header[1] == "label" and all(c.startswith("p_") for c in header[2:])
+
+
+def check_out(out: str, source: str, run_dirs: list[str]) -> None:
+    """Refuse an ``--out`` that would lose a user's file: the input itself, a file inside a
+    model's folder, or an existing file that is not a predictions CSV (an empty one is
+    taken). Raises ``WriteError``."""
+    import os
+
+    from fastulm.files import WriteError, is_stdio
+
+    if is_stdio(out):
+        return
+    path = Path(out)
+    real = Path(os.path.realpath(path))
+    for run in run_dirs:
+        home = Path(os.path.realpath(run))
+        if home in real.parents:
+            raise WriteError(f"{out}: is inside the model folder {run}; write predictions elsewhere")
+    if not path.exists():
+        return
+    if not is_stdio(source) and Path(source).exists() and os.path.samefile(path, source):
+        raise WriteError(f"{out}: is the input file; choose another --out")
+    if path.is_file() and path.stat().st_size and not _is_predictions_csv(path):
+        raise WriteError(
+            f"{out}: exists and is not a predictions file fastulm wrote; "
+            "will not replace it (move it, or choose another --out)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     # intermixed: the text may follow an option (``RUN --onnx "text"``)
     args = _parser().parse_intermixed_args(argv)
@@ -225,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out if args.out is not None else default_out(args.file)
     try:
         if out is not None:
+            check_out(out, args.file, [args.run_dir, *args.also])
             check_writable(out)  # before the model runs, not after
         if args.file is None:
             ids, texts = ["1"], [args.text]

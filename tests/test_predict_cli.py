@@ -119,7 +119,7 @@ def test_out_regular_file_and_default(clas, texts_file, tmp_path, capsys):
     """Without --out the predictions go beside the input, never into the run directory."""
     run, model = clas
     out = tmp_path / "o.csv"
-    out.write_text("old")
+    out.write_text("id,label,p_neg,p_pos\n1,neg,0.9,0.1\n")  # an earlier predict's output
     assert predict.main([str(run), "--file", str(texts_file), "--out", str(out)]) == 0
     assert out.read_bytes().decode() == expected_csv(model, TEXTS)
     assert predict.main([str(run), "--file", str(texts_file)]) == 0
@@ -178,6 +178,51 @@ def model_must_not_run(monkeypatch):
         raise AssertionError("the model ran before --out was checked")
 
     monkeypatch.setattr(predict, "predict_runs", fail)
+
+
+@pytest.mark.parametrize(
+    "case", ["user_file", "default_beside_is_users", "the_input", "inside_the_run"]
+)
+def test_out_never_replaces_a_users_file(
+    clas, texts_file, tmp_path, capsys, model_must_not_run, case
+):
+    """Only an empty file or an earlier predictions CSV is replaced: the input itself, a file
+    in the model's folder, or any other file of the user's is one error, left as it was."""
+    run, _ = clas
+    argv = [str(run), "--file", str(texts_file)]
+    if case == "user_file":
+        out = tmp_path / "results.csv"
+        out.write_text("name,score\nalice,3\n")
+        argv += ["--out", str(out)]
+        says = "is not a predictions file fastulm wrote"
+    elif case == "default_beside_is_users":
+        out = tmp_path / "reviews.predictions.csv"
+        out.write_text("my own notes on these reviews\n")
+        says = "is not a predictions file fastulm wrote"
+    elif case == "the_input":
+        out = texts_file
+        argv += ["--out", str(out)]
+        says = "is the input file"
+    else:
+        out = run / "config.json"
+        argv += ["--out", str(out)]
+        says = "is inside the model folder"
+    before = out.read_bytes()
+    assert predict.main(argv) == 1
+    assert says in _one_error_line(capsys)
+    assert out.read_bytes() == before
+    # a new file in the model's folder is refused too, and not made
+    assert predict.main([*argv[:3], "--out", str(run / "p.csv")]) == 1
+    assert "is inside the model folder" in _one_error_line(capsys)
+    assert not (run / "p.csv").exists()
+
+
+def test_out_an_empty_file_is_replaced(clas, texts_file, tmp_path):
+    run, model = clas
+    out = tmp_path / "made_by_touch.csv"
+    out.write_text("")
+    assert predict.main([str(run), "--file", str(texts_file), "--out", str(out)]) == 0
+    assert out.read_bytes().decode() == expected_csv(model, TEXTS)
 
 
 def test_out_a_folder_is_one_error_before_the_model(

@@ -342,3 +342,35 @@ def test_max_memory_plans_before_training(corpus, tmp_path, capsys):
     assert train_main([*bad, "1KiB"]) == 1
     assert "the smallest budget that works is" in _err_line(capsys)
     assert not (tmp_path / "r2").exists()
+
+
+@pytest.mark.parametrize(
+    "mine", ["checkpoints/notes.txt", "models/keep/best.safetensors", "checkpoints/last.pt/x"]
+)
+def test_force_looks_inside_a_runs_subfolders(corpus, tmp_path, capsys, mine):
+    """--force clears a run's own checkpoints/ and models/ files, never what a user put
+    there; an old run's predictions.csv (the user's output) stays where it is."""
+    run = tmp_path / "run"
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "0"]) == 0
+    if mine == "checkpoints/last.pt/x":
+        (run / "checkpoints" / "last.pt").unlink(missing_ok=True)
+    (run / mine).parent.mkdir(parents=True, exist_ok=True)
+    (run / mine).write_text("the user's")
+    capsys.readouterr()
+    argv = ["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "0", "--force"]
+    assert train_main(argv) == 1
+    assert "is not a run directory fastulm wrote" in _err_line(capsys)
+    assert (run / mine).read_text() == "the user's"
+    # without it, --force clears the run, and keeps a predictions.csv
+    (run / mine).unlink()
+    (run / "models" / "saved.safetensors").parent.mkdir(exist_ok=True)
+    (run / "predictions.csv").write_text("id,label,p_neg,p_pos\n1,neg,0.9,0.1\n")
+    for folder in sorted({(run / mine).parent, *(run / mine).parents} - {run, *run.parents}):
+        if folder.is_dir() and not any(folder.iterdir()) and folder.name not in (
+            "checkpoints",
+            "models",
+        ):
+            folder.rmdir()
+    assert train_main(argv) == 0
+    assert (run / "predictions.csv").read_text().startswith("id,label")
+    assert not (run / "models").exists()

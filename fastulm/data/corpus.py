@@ -130,21 +130,26 @@ def not_written_by_fastulm(path: Path) -> str | None:
     names = [e.name for e in entries]
     if "meta.json" in names:
         meta_name, fmt = "meta.json", FORMAT
-        fits = {n for n in names if n.endswith(".arrow")} | {"meta.json", "vocab.json"}
     elif "part.json" in names:
         meta_name, fmt = "part.json", PART_FORMAT
-        fits = {"part.json", "tokens.arrow", "docs.arrow"}
     else:
         return "no meta.json"
-    other = [n for n in names if n not in fits]
-    if other:
-        return f"it holds {other[0]!r}"
     try:
         meta = json.loads((path / meta_name).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         meta = None
     if not (isinstance(meta, dict) and meta.get("format") == fmt):
         return f"its {meta_name} is not fastulm's"
+    if meta_name == "meta.json":
+        # only the splits meta.json names: another .arrow beside them is the user's
+        splits = meta.get("splits")
+        splits = splits if isinstance(splits, dict) else {}
+        fits = {f"{name}.arrow" for name in splits} | {"meta.json", "vocab.json"}
+    else:
+        fits = {"part.json", "tokens.arrow", "docs.arrow"}
+    other = [n for n in names if n not in fits]
+    if other:
+        return f"it holds {other[0]!r}"
     return None
 
 
@@ -206,9 +211,8 @@ class OutputDir:
         what: str = "corpus",
     ):
         local = [s for s in sources if not str(s).startswith(("http://", "https://"))]
-        check_replaceable(
-            path, force=force, foreign=not_written_by_fastulm, what=what, sources=local
-        )
+        self._check = dict(force=force, foreign=not_written_by_fastulm, what=what, sources=local)
+        check_replaceable(path, **self._check)
         self.path = Path(path)
         if self.path.name in ("", ".."):  # "." or "..": the temporary goes beside it, by name
             self.path = Path(os.path.realpath(self.path))
@@ -231,8 +235,12 @@ class OutputDir:
 
     def commit(self) -> Path:
         """Rename the finished folder to ``path``. An earlier one is moved aside (locked, so no
-        sweep takes it meanwhile), put back if the rename fails, and removed after."""
+        sweep takes it meanwhile), put back if the rename fails, and removed after.
+
+        ``path`` is checked again first: what appeared there during a long job (a user's
+        files, another folder) is refused as it would have been at the start."""
         old = old_lock = None
+        check_replaceable(self.path, **self._check)
         try:
             if self.path.exists() or self.path.is_symlink():
                 old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"

@@ -13,7 +13,8 @@ RUN_DIR/
   log.jsonl, log.csv     one row per epoch (epoch, train_loss, valid_loss, accuracy, ...)
   losses.png             train loss per step and validation loss per epoch
   lr_find.png            when lr_find ran
-  predictions.csv        older runs: predict --file output (it now goes beside the input)
+  predictions.csv        older runs: predict --file output (it now goes beside the input);
+                         --force leaves it in place
 ```
 
 Every file is written to a temporary name and renamed, so a killed run never leaves half a
@@ -30,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,16 +58,52 @@ def _is_leftover(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+# What a run writes inside its sub-folders: the resume point, and learn.save's files.
+SUB_FILES = {
+    "checkpoints": lambda name: name == "last.pt",
+    "models": lambda name: name.endswith((".safetensors", ".opt.pt")),
+}
+
+
 def not_a_run(path: str | Path) -> str | None:
     """What makes ``path`` something other than a run folder (None: it is one, holding a
-    run's files and nothing else)."""
-    names = sorted(p.name for p in Path(path).iterdir())
+    run's files and nothing else, in its sub-folders too)."""
+    path = Path(path)
+    names = sorted(p.name for p in path.iterdir())
     other = [n for n in names if n not in RUN_FILES and not _is_leftover(n)]
     if other:
         return f"it holds {other[0]!r}"
     if not any(m in names for m in MARKERS):
         return "no config.json or train_args.json"
+    for name in names:
+        entry = path / name
+        if name not in SUB_FILES and (entry.is_dir() and not entry.is_symlink()):
+            return f"its {name} is a folder"
+    for sub, ours in SUB_FILES.items():
+        folder = path / sub
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            return f"its {sub} is not a folder"
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            plain = entry.is_file() and not entry.is_symlink()
+            if not (plain and (ours(entry.name) or _is_leftover(entry.name))):
+                return f"it holds {sub}/{entry.name!r}"
     return None
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove an earlier run's files (``not_a_run`` has found nothing else there). An old
+    run's ``predictions.csv`` stays: it is the user's output, not the run's."""
+    for entry in run_dir.iterdir():
+        if entry.name == "predictions.csv":
+            continue
+        if entry.name in SUB_FILES and entry.is_dir():
+            for inner in entry.iterdir():
+                inner.unlink()
+            entry.rmdir()
+        else:
+            entry.unlink()
 
 
 def prepare_run_dir(
@@ -86,11 +122,7 @@ def prepare_run_dir(
             run_dir, force=force, foreign=not_a_run, what="run directory", sources=sources
         )
         if force and run_dir.is_dir():
-            for entry in run_dir.iterdir():
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+            _clear_run(run_dir)
     elif run_dir.exists() and not run_dir.is_dir():
         raise WriteError(f"{run_dir}: exists and is not a folder")
     elif resume and run_dir.is_dir() and any(run_dir.iterdir()) and not_a_run(run_dir):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,48 @@ def test_failed_rename_puts_the_earlier_corpus_back(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert open_corpus(out)["train"].ids.tolist() == [2, 9, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_force_keeps_a_users_arrow_file_beside_a_corpus(tmp_path):
+    """Only the splits meta.json names are the corpus's; another .arrow is the user's."""
+    out = _write(tmp_path / "c")
+    (out / "embeddings.arrow").write_bytes(b"the user's own table")
+    with pytest.raises(WriteError, match=r"it holds .embeddings.arrow."):
+        _write(out, docs=[(2, 9, 9, 9)], force=True)
+    assert (out / "embeddings.arrow").read_bytes() == b"the user's own table"
+    assert open_corpus(out)["train"].ids.tolist() == [2, 9, 2]
+
+
+@pytest.mark.parametrize("appeared", ["users_files", "another_corpus"])
+def test_out_is_checked_again_when_the_job_ends(tmp_path, appeared):
+    """What appeared at OUT while the job ran is refused as it would have been at the start,
+    and left as it is."""
+    out = tmp_path / "out"
+    with OutputDir(out) as target:
+        (target.tmp / "vocab.json").write_text("[]")
+        if appeared == "users_files":
+            out.mkdir()
+            (out / "notes.txt").write_text("written meanwhile")
+            says = r"is not a corpus fastulm wrote \(no meta.json\)"
+        else:
+            _write(out)
+            says = r"a corpus is already there \(use --force"
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with pytest.raises(WriteError, match=says):
+            target.commit()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the temporary is gone
+
+
+def test_a_read_only_empty_out_is_not_swapped_for_a_writable_one(tmp_path):
+    empty = tmp_path / "ro"
+    empty.mkdir()
+    empty.chmod(0o555)
+    try:
+        with pytest.raises(WriteError, match="ro: is read-only; will not replace it"):
+            _write(empty)
+        assert stat.S_IMODE(empty.stat().st_mode) == 0o555
+        assert list(empty.iterdir()) == []
+    finally:
+        empty.chmod(0o755)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"]
