@@ -104,6 +104,8 @@ def _single_labels(s) -> tuple[list[str], np.ndarray]:
     """Class names (sorted unique values) and each row's class id (-1: empty cell)."""
     import polars as pl
 
+    if s.dtype.is_nested() or s.dtype == pl.Object:
+        raise DataError(f"column {s.name!r} must hold labels (text or numbers), not {s.dtype}")
     if s.dtype == pl.String:
         s = s.replace("", None)
     values = s.drop_nulls().unique().sort()
@@ -112,16 +114,20 @@ def _single_labels(s) -> tuple[list[str], np.ndarray]:
     return names, codes
 
 
-def _multi_labels(s, delim: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _multi_labels(s, delim: str | None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Class names and each row's sorted class ids (offsets, values) from cells such as
-    ``"drama;comedy"``: split on ``delim``, spaces around a name dropped, empty names and
-    repeats ignored; an empty cell is a row with no class."""
+    ``"drama;comedy"``, split on ``delim`` exactly as fastai's ``ColReader`` splits them
+    (spaces are kept: ``--label-delim "; "`` for ``"drama; comedy"``), or from list cells
+    (a Parquet/JSONL list, a pandas column of lists), whose items are the classes. Empty
+    names and repeats are ignored; an empty cell is a row with no class."""
     import polars as pl
 
+    if isinstance(s.dtype, pl.List | pl.Array):
+        lists = s.cast(pl.List(pl.String))
+    else:
+        lists = s.cast(pl.String).str.split(delim)
     lists = (
-        s.cast(pl.String)
-        .str.split(delim)
-        .list.eval(pl.element().str.strip_chars().filter(pl.element().str.strip_chars() != ""))
+        lists.list.eval(pl.element().filter(pl.element().is_not_null() & (pl.element() != "")))
         .list.unique()
         .list.sort()
     )
@@ -132,6 +138,12 @@ def _multi_labels(s, delim: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return names, offsets, values
+
+
+def _is_list(s) -> bool:
+    import polars as pl
+
+    return isinstance(s.dtype, pl.List | pl.Array)
 
 
 def frame_source(df, where: str, kind: str, options: SourceOptions) -> Source:
@@ -155,8 +167,8 @@ def frame_source(df, where: str, kind: str, options: SourceOptions) -> Source:
     sets = None
     if label_col is None:
         task, names, codes = "none", [], np.full(n, -1, np.int64)
-    elif options.label_delim is not None:
-        task = "multi_label"
+    elif options.label_delim is not None or _is_list(label_col):
+        task = "multi_label"  # a list cell holds a row's classes, as fastai reads it
         names, offsets, values = _multi_labels(label_col, options.label_delim)
         sets, codes = (offsets, values), np.zeros(n, np.int64)
     else:
@@ -189,11 +201,31 @@ def frame_source(df, where: str, kind: str, options: SourceOptions) -> Source:
         len(rows),
         reader,
         task=task,
-        label_delim=options.label_delim if task == "multi_label" else None,
+        label_delim=(options.label_delim or ";") if task == "multi_label" else None,
         text_cols=text_cols,
         options=options,
         dropped=n - len(rows),
     )
+
+
+def _from_pandas(df):
+    """A pandas frame as polars; a column polars cannot type (mixed values) is named."""
+    import polars as pl
+
+    if type(df).__module__.split(".")[0] != "pandas" or not hasattr(df, "columns"):
+        raise DataError(f"tokenize_df: not a pandas or polars DataFrame ({type(df).__name__})")
+    try:
+        return pl.from_pandas(df)
+    except Exception as err:  # pyarrow/polars raise several kinds for one mixed column
+        for col in df.columns:
+            try:
+                pl.from_pandas(df[[col]])
+            except Exception:
+                raise DataError(
+                    f"tokenize_df: column {col!r} mixes types ({err}); make it one type, "
+                    f"e.g. df[{col!r}].astype(str)"
+                ) from None
+        raise DataError(f"tokenize_df: cannot read the DataFrame ({err})") from None
 
 
 def tokenize_df(
@@ -225,10 +257,7 @@ def tokenize_df(
     from fastulm.data.pipeline import VocabOptions, tokenize_source
 
     if not isinstance(df, pl.DataFrame):
-        try:
-            df = pl.from_pandas(df)
-        except (TypeError, ValueError) as err:
-            raise DataError(f"tokenize_df: not a pandas or polars DataFrame ({err})") from None
+        df = _from_pandas(df)
     options = SourceOptions(
         text_cols=[text_cols] if isinstance(text_cols, str) else list(text_cols),
         label_col=label_col,

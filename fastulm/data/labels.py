@@ -92,6 +92,11 @@ def check_labels(
             f"{where}: only one class ({names[train[0]]!r}) among the training {what}s;"
             " a classifier needs at least two"
         )
+    if task == "multi_label" and not len(train):
+        raise DataError(
+            f"{where}: no training {what} has a class (every label cell is empty);"
+            " a classifier needs at least one"
+        )
     for split in ("valid", "test"):
         unseen = np.setdiff1d(classes(split), train)
         if len(unseen):

@@ -37,7 +37,7 @@ from fastulm.data.corpus import (
 )
 from fastulm.data.labels import check_labels, class_order, random_valid
 from fastulm.data.sources import RawRecord, Source, SourceOptions, open_source
-from fastulm.data.vocab import Vocab, make_itos
+from fastulm.data.vocab import Vocab, check_specials, make_itos
 from fastulm.data.workers import WorkerPool, default_workers, run_here
 
 _BATCH_BYTES = 1 << 19
@@ -61,6 +61,13 @@ class VocabOptions:
             "vocab_from": list(self.vocab_from) if self.vocab_from else None,
             "vocab": self.vocab_path,
         }
+
+
+def load_given_vocab(path) -> Vocab:
+    """``--vocab PATH``: a vocab the tokenizer's tokens and the model's ids fit."""
+    vocab = Vocab.load(path)
+    check_specials(vocab.itos, str(path))
+    return vocab
 
 
 # ---------------------------------------------------------------- numba kernels
@@ -328,7 +335,7 @@ def finish(
     tokens = collector.tokens
     n_union = len(tokens)
     if options.vocab_path:
-        vocab = Vocab.load(options.vocab_path)
+        vocab = load_given_vocab(options.vocab_path)
     else:
         counts = np.zeros(n_union, np.int64)
         first = np.full(n_union, -1, np.int64)
@@ -534,7 +541,7 @@ def tokenize_source(
     Ctrl-C/SIGTERM handling), leaving no output behind."""
     options = options or VocabOptions()
     if options.vocab_path:
-        Vocab.load(options.vocab_path)  # fail before the work, not after
+        load_given_vocab(options.vocab_path)  # fail before the work, not after
     t0 = time.perf_counter()
     n_workers = default_workers() if workers is None else max(1, workers)
     opened = isinstance(src, Source)

@@ -136,6 +136,27 @@ class Vocab:
         return cls(itos)
 
 
+def check_specials(itos: Sequence[str], where: str) -> None:
+    """A vocab the tokenizer and model can use: xxunk at 0 (unknown words) and xxpad at 1
+    (padding), as fastai puts them, and every token the rules emit (xxbos, xxmaj, ...;
+    not xxeos, which no rule emits);
+    without them a document's tokens would silently become xxunk."""
+    from fastulm.text.rules import EOS, SPECIAL_TOKENS
+
+    if list(itos[:2]) != ["xxunk", "xxpad"]:
+        raise DataError(
+            f"{where}: a vocab must start with 'xxunk', 'xxpad' (fastai's order),"
+            f" not {list(itos[:2])}"
+        )
+    have = set(itos)
+    missing = [t for t in SPECIAL_TOKENS if t not in have and t != EOS]
+    if missing:
+        raise DataError(
+            f"{where}: the vocab lacks the special token(s) {', '.join(missing)}"
+            " that the tokenizer emits"
+        )
+
+
 def as_vocab(vocab: Vocab | Iterable[str]) -> Vocab:
     """A ``Vocab`` from a ``Vocab`` or a plain itos list (a run's vocab.json), so every
     reader numericalizes by the same rules (unknown -> 0, ``xxfake`` is not a token)."""

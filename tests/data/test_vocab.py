@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 from collections import Counter
 
 import numpy as np
@@ -123,3 +124,30 @@ def test_saved_vocab_follows_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "vocab.json").stat().st_mode) == 0o644  # not mkstemp's 0600
     assert Vocab.load(tmp_path / "vocab.json").itos == ["xxunk", "xxpad", "a"]
+
+
+@pytest.mark.parametrize(
+    "itos, says",
+    [
+        (["the", "a", "film"], r"must start with 'xxunk', 'xxpad'"),
+        (["xxpad", "xxunk", "xxbos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"], "must start"),
+        (["xxunk", "xxpad", "xxbos", "the"], r"lacks the special token\(s\) xxfld, xxrep"),
+    ],
+)
+def test_given_vocab_without_the_special_tokens_is_one_error(tmp_path, capsys, itos, says):
+    """--vocab: a vocab whose ids the tokenizer's tokens cannot fit (every document would
+    start with xxunk, capitals would lose their xxmaj) is refused before any work."""
+    from fastulm.tokenize import main
+
+    src = tmp_path / "t.csv"
+    src.write_text("text,label\nA film.,pos\nThe end.,neg\n")
+    (tmp_path / "v.json").write_text(json.dumps(itos))
+    out = tmp_path / "out"
+    assert main([str(src), str(out), "--vocab", str(tmp_path / "v.json"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(says, err[0]), err
+    assert not out.exists()
+    # fastai's own order (xxeos included or not) is taken
+    good = ["xxunk", "xxpad", "xxbos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj", "film"]
+    (tmp_path / "v.json").write_text(json.dumps(good))
+    assert main([str(src), str(out), "--vocab", str(tmp_path / "v.json"), "--quiet"]) == 0

@@ -545,3 +545,88 @@ def test_parquet_written_by_pyarrow(tmp_path):
     corpus = _run(tmp_path / "t.parquet", tmp_path / "out")
     assert corpus.label_names == ["a", "b"]
     assert corpus["train"].labels.tolist() == [1, 0]
+
+
+# ---------------------------------------------------------------- list-typed label columns
+
+GENRE_LISTS = [["drama", "comedy"], ["horror"], ["comedy"], ["drama"], [], ["horror", "comedy"]]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl", "pandas", "polars"])
+def test_list_label_cells_are_a_rows_classes(tmp_path, kind):
+    """A list cell (Parquet list<string>, a JSON array, a pandas column of lists) holds the
+    row's classes, as fastai's ColReader hands a list to MultiCategorize: the same corpus
+    as the ";"-joined cells of a CSV."""
+    body = list(TABLE["body"])
+    csv_path = tmp_path / "t.csv"
+    TABLE.to_csv(csv_path, index=False)
+    want = _run(csv_path, tmp_path / "want", text_cols=["body"], label_col="genres", label_delim=";")
+    frame = pl.DataFrame({"body": body, "genres": GENRE_LISTS})
+    if kind == "parquet":
+        frame.write_parquet(tmp_path / "t.parquet")
+        got = _run(tmp_path / "t.parquet", tmp_path / "got", text_cols=["body"], label_col="genres")
+    elif kind == "jsonl":
+        with open(tmp_path / "t.jsonl", "w") as f:
+            for b, g in zip(body, GENRE_LISTS):
+                f.write(json.dumps({"body": b, "genres": g}) + "\n")
+        got = _run(tmp_path / "t.jsonl", tmp_path / "got", text_cols=["body"], label_col="genres")
+    else:
+        df = pd.DataFrame({"body": body, "genres": GENRE_LISTS}) if kind == "pandas" else frame
+        got = open_corpus(
+            tokenize_df(df, tmp_path / "got", text_cols="body", label_col="genres", min_freq=1)
+        )
+    assert got.task == "multi_label" and got.label_delim == ";"
+    assert got.label_names == want.label_names == ["comedy", "drama", "horror"]
+    assert [list(s) for s in _sets(got)] == [list(s) for s in _sets(want)]
+    # with --label-delim too, the items are the classes (not split again, no traceback)
+    frame.write_parquet(tmp_path / "d.parquet")
+    again = _run(tmp_path / "d.parquet", tmp_path / "d", text_cols=["body"], label_col="genres",
+                 label_delim="|")
+    assert again.label_names == want.label_names and again.label_delim == "|"
+
+
+def _sets(corpus, split="train"):
+    offsets, values = corpus[split].label_sets
+    return [values[offsets[i] : offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+
+
+def test_a_multi_label_column_with_no_class_is_one_error(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    pl.DataFrame({"text": ["a", "b"], "genres": ["", None]}).write_csv(path)
+    out = tmp_path / "out"
+    argv = [str(path), str(out), "--label-col", "genres", "--label-delim", ";", "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no training row has a class" in err[0]
+    assert not out.exists()
+
+
+def test_a_struct_label_column_is_one_error(tmp_path):
+    df = pl.DataFrame({"text": ["a", "b"], "label": [{"x": 1}, {"x": 2}]})
+    with pytest.raises(DataError, match="column 'label' must hold labels"):
+        tokenize_df(df, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.reference
+def test_multi_label_cells_split_as_fastai_splits_them(fastai_text, tmp_path):
+    """Spaces around a name are part of it, as in fastai (ColReader only splits)."""
+    from fastai.data.transforms import ColReader, MultiCategorize
+
+    df = pd.DataFrame({"text": ["a", "b", "c"], "genres": ["drama; comedy", "comedy", " horror"]})
+    corpus = open_corpus(tokenize_df(df, tmp_path / "o", label_col="genres", label_delim=";"))
+    items = [ColReader("genres", label_delim=";")(row) for _, row in df.iterrows()]
+    mc = MultiCategorize()
+    mc.setups(items)
+    assert corpus.label_names == list(mc.vocab) == [" comedy", " horror", "comedy", "drama"]
+    for i, item in enumerate(items):
+        assert _sets(corpus)[i] == sorted(mc.vocab.o2i[x] for x in item)
+
+
+def test_tokenize_df_names_a_pandas_column_of_mixed_types(tmp_path):
+    df = pd.DataFrame({"text": ["a", "b", "c"], "label": ["x", 2, "x"]})
+    with pytest.raises(DataError, match=r"column 'label' mixes types .*astype\(str\)"):
+        tokenize_df(df, tmp_path / "out")
+    with pytest.raises(DataError, match=r"not a pandas or polars DataFrame \(list\)"):
+        tokenize_df([["a", "x"]], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
