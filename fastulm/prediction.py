@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from fastulm.devices import resolve_device
 from fastulm.scores import (
     Predictions,
     Task,
@@ -66,21 +67,6 @@ def predict_labels(
 
 
 # ------------------------------------------------------------------ devices and precision
-
-
-def resolve_device(device: str = "auto") -> Any:
-    """``auto``: the CUDA device when there is one, else the CPU. A bad name is a ValueError."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {device!r} (auto, cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA device here (use --device cpu or auto)")
-    return dev
 
 
 def cpu_has_native_bf16() -> bool:
