@@ -286,3 +286,82 @@ def test_refusal_names_the_users_file_in_a_corpus(capsys, tmp_path, tiny_imdb):
     err = _error(capsys, root, out, "--force", "--workers", "1", "--quiet")
     assert "(it holds 'mine.txt')" in err
     assert (out / "mine.txt").read_text() == "my notes"
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc/*/stat: kernels without .../children)."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                kids.append(int(d.name))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    root = tmp_path / "imdb"
+    text = " ".join(f"Review number {i}, quite long and rather dull!" for i in range(150))
+    for cls in ("pos", "neg"):
+        (root / "train" / cls).mkdir(parents=True)
+        for i in range(2000):
+            (root / "train" / cls / f"{i}_1.txt").write_text(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastulm.tokenize", root, tmp_path / "out", "--workers", "2"],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+    )
+    workers: list[int] = []
+    try:
+        seen, deadline = b"", time.monotonic() + 60
+        while not (workers and re.search(rb" [1-9]\d*/4000 ", seen)):  # tokenizing has begun
+            assert proc.poll() is None, f"finished before it could be killed: {seen}"
+            assert time.monotonic() < deadline, seen
+            seen += os.read(proc.stderr.fileno(), 4096)
+            workers = [
+                p
+                for p in _children(proc.pid)
+                if b"multiprocessing" in Path(f"/proc/{p}/cmdline").read_bytes()
+            ]
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _running(p)], "workers outlived their parent"
+    finally:
+        proc.kill()
+        proc.wait()
+        for p in workers:  # do not leak them if the test fails
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+        proc.stderr.close()
+
+
+def test_file_name_not_utf8_is_tokenized(tmp_path, tiny_imdb):
+    root, _ = tiny_imdb
+    fd = os.open(os.fsencode(root / "train" / "pos") + b"/caf\xe9_1.txt", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, b"Nice film.")
+    os.close(fd)
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "--workers", "1", "--min-freq", "1", "--quiet"]) == 0
+    corpus = open_corpus(out)
+    train = corpus["train"]
+    assert len(train) == 5
+    ids = train.doc_ids.to_pylist()
+    assert "train/pos/caf\ufffd_1.txt" in ids
+    doc = train.doc(ids.index("train/pos/caf\ufffd_1.txt"))
+    assert "nice film" in corpus.decode(doc)

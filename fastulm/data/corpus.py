@@ -68,7 +68,17 @@ def numpy_view(arr: pa.Array) -> np.ndarray:
 
 
 def string_array(values: Iterable[str]) -> pa.Array:
-    encoded = [v.encode("utf-8") for v in values]
+    """A UTF-8 Arrow string array. A file name that is not UTF-8 comes from os.fsdecode with
+    its bytes as lone surrogates, which UTF-8 cannot hold: those bytes become U+FFFD, so one
+    odd name never costs the run (the fast path is kept for the usual all-valid ids)."""
+    values = values if isinstance(values, list) else list(values)
+    try:
+        encoded = [v.encode("utf-8") for v in values]
+    except UnicodeEncodeError:
+        encoded = [
+            v.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8")
+            for v in values
+        ]
     offsets = np.zeros(len(encoded) + 1, np.int64)
     np.cumsum([len(e) for e in encoded], out=offsets[1:])
     if offsets[-1] < 2**31:

@@ -165,13 +165,20 @@ def decode_text(
     return text, bad
 
 
+def is_text_name(name: str) -> bool:
+    """Whether a file name is a review's: ``*.txt`` in any case, not hidden. As fastai's
+    get_text_files: macOS's ``._name.txt`` (AppleDouble resource forks, found in copies and
+    archives made on a Mac) and other dot files are not texts, and ``REVIEW.TXT`` is one."""
+    return name[-4:].lower() == ".txt" and not name.startswith(".")
+
+
 FOLDER_HELP = "expected train/<class>/*.txt with valid/<class>/ or test/<class>/, or unsup/*.txt"
 
 
 def review_key(parts: list[str]) -> tuple[str, str | None] | None:
     """(split, class) of a path relative to the dataset root, or None if not a document.
     The class is None for unlabelled texts (``train/unsup``, ``unsup``)."""
-    if not parts[-1].endswith(".txt") or len(parts[-1]) == 4:
+    if not is_text_name(parts[-1]):
         return None
     if len(parts) == 3 and parts[0] in ("train", "valid", "test"):
         if parts[1] == "unsup":
@@ -305,7 +312,7 @@ def _find_root(path: Path) -> Path | None:
 
 def _txt_names(folder: Path) -> list[str]:
     with os.scandir(folder) as it:
-        names = [e.name for e in it if e.name.endswith(".txt") and len(e.name) > 4 and e.is_file()]
+        names = [e.name for e in it if is_text_name(e.name) and e.is_file()]
     names.sort()
     return names
 
@@ -430,7 +437,7 @@ class _ArchiveKeys:
 
     def __call__(self, name: str) -> tuple[str, str, str | None] | None:
         folder, _, base = name.rpartition("/")
-        if not base.endswith(".txt") or len(base) == 4 or base in (".", ".."):
+        if not is_text_name(base):
             return archive_review_key(name)  # not a review file (or an odd name)
         key = self._folders.get(folder, False)
         if key is False:

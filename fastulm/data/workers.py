@@ -12,6 +12,9 @@ import atexit
 import multiprocessing as mp
 import os
 import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -29,11 +32,38 @@ def default_tokenizer():
     return Tokenizer()
 
 
-def _worker_init(factory: Callable, child: bool = False) -> None:
+def _exit_with_parent(pdeathsig: bool) -> None:
+    """A child leaves when its parent dies (kill -9, out of memory): it holds both ends of
+    the pool's task pipe, so it would otherwise wait for a task for ever. Linux kills it at
+    once (PR_SET_PDEATHSIG; it fires when the *thread* that started the child exits, so only
+    for a pool made on the main thread); everywhere a thread also checks once a second
+    whether the parent is gone, which covers a parent that died before the prctl, a pool
+    made on another thread and systems without prctl."""
+    parent = mp.parent_process()
+    ppid = parent.pid if parent is not None else os.getppid()
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == ppid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fastulm-parent-watch", daemon=True).start()
+
+
+def _worker_init(factory: Callable, child: bool = False, pdeathsig: bool = False) -> None:
     global _TOKENIZER, _SENT
     if child:  # the parent handles Ctrl-C and SIGTERM and stops the pool itself
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _exit_with_parent(pdeathsig)
         # A child has nothing to flush once multiprocessing has closed its queues (which
         # happens before atexit runs); freeing its tables object by object at exit took
         # 0.2-0.4 s with the pool's memory still held. Leave as soon as the interpreter
@@ -115,7 +145,7 @@ class WorkerPool:
             n_children,
             mp.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(self.factory, True),
+            initargs=(self.factory, True, threading.current_thread() is threading.main_thread()),
         )
         for _ in range(n_children):  # one process is started per task while none is idle
             self._pool.submit(int)

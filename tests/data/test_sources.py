@@ -275,3 +275,35 @@ def test_damaged_tar_header(tiny_imdb, tmp_path):
         DataError, match=r"bad\.tar: damaged tar archive \(bad header at byte 512\)"
     ):
         list(open_source(bad).records())
+
+
+# macOS copies and archives carry AppleDouble resource forks next to each file
+APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02"
+HIDDEN_AND_CASED = {
+    "train/pos/._0_1.txt": APPLE_DOUBLE,
+    "train/neg/.hidden_2.txt": b"a hidden file",
+    "train/unsup/._3_0.txt": APPLE_DOUBLE,
+    "train/pos/REVIEW_9.TXT": b"Upper case name",
+    "test/neg/Mixed_4.Txt": b"Mixed case name",
+}
+CASED = {
+    ("train", "train/pos/REVIEW_9.TXT"): ("Upper case name", 1),
+    ("test", "test/neg/Mixed_4.Txt"): ("Mixed case name", 0),
+}
+
+
+def test_folder_skips_hidden_files_and_reads_any_case_txt(tiny_imdb):
+    root, expected = tiny_imdb
+    for rel, data in HIDDEN_AND_CASED.items():
+        (root / rel).write_bytes(data)
+    source = open_source(root)
+    assert _records(source) == {**expected, **CASED}
+    assert source.n_docs == len(expected) + 2
+
+
+def test_archive_skips_hidden_files_and_reads_any_case_txt(tmp_path):
+    members = [("aclImdb/train/pos/0_1.txt", b"a review", tarfile.REGTYPE)]
+    members += [("aclImdb/" + rel, data, tarfile.REGTYPE) for rel, data in HIDDEN_AND_CASED.items()]
+    path = tmp_path / "mac.tar.gz"
+    path.write_bytes(_tar_bytes(members))
+    assert _records(open_source(path)) == {("train", "train/pos/0_1.txt"): ("a review", 1), **CASED}
