@@ -5,8 +5,10 @@
 
 OUT_DIR gets ``model.onnx`` (dynamic batch and length), ``vocab.json``, ``labels.json``
 (class names, task, label_delim, threshold; classifiers only) and ``tokenizer.json`` (how
-texts become ids, and the model's bptt / max_len / padding); nothing pickled. Each file is
-written atomically; ``--force`` replaces an earlier export, never other files.
+texts become ids, the model's bptt / max_len / padding, and under ``sha256`` the checksums
+of the other files, which ``fastulm.inference`` verifies); nothing pickled. Each file is
+written atomically, tokenizer.json last (an earlier one is removed first), so a folder with
+one holds a complete export; ``--force`` replaces an earlier export, never other files.
 
 The graph is written with ``onnx.helper`` from the run's weights, not traced by
 ``torch.onnx.export``: the classifier's chunk loop has data-dependent control flow, its
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from fastulm.cli import parser
-from fastulm.inference import FILES, FORMAT
+from fastulm.inference import FILES, FORMAT, file_sha256
 
 OPSET = 17
 RULES = (
@@ -361,6 +363,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, force: bool = False) ->
         "bptt": cfg.bptt,
         "max_len": cfg.max_len,
         "backwards": bool(run.config.get("settings", {}).get("backwards", False)),
+        "text_cols": run.config.get("settings", {}).get("text_cols"),
         "opset": OPSET,
     }
     if run.kind == "clas":
@@ -379,12 +382,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path, force: bool = False) ->
         settings["state_widths"] = [w for r in run.model.body.rnns for w in state_widths(r)]
         labels = None
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.json").unlink(missing_ok=True)  # until all the files are new
     atomic_write(out_dir / "model.onnx", lambda tmp: onnx.save(model, tmp))
     write_text(out_dir / "vocab.json", json.dumps(run.vocab, ensure_ascii=False) + "\n")
     if labels is not None:
         write_text(out_dir / "labels.json", json.dumps(labels, indent=1) + "\n")
     else:  # a classifier exported here before (--force) leaves no labels behind
         (out_dir / "labels.json").unlink(missing_ok=True)
+    written = ["model.onnx", "vocab.json"] + (["labels.json"] if labels is not None else [])
+    settings["sha256"] = {name: file_sha256(out_dir / name) for name in written}
     write_text(out_dir / "tokenizer.json", json.dumps(settings, indent=1) + "\n")
     return out_dir
 

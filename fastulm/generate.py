@@ -50,6 +50,8 @@ def _bad_numbers(args: argparse.Namespace) -> str | None:
         return f"--temperature must be a finite number >= 0, got {args.temperature}"
     if args.min_p is not None and not 0 <= args.min_p < 1:
         return f"--min-p is a probability threshold in [0, 1), got {args.min_p}"
+    if args.seed is not None and not 0 <= args.seed < 2**32 - args.n_samples:
+        return f"--seed must be in [0, 2**32), got {args.seed}"
     return None
 
 
@@ -59,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
+    from fastulm.devices import resolve_device
     from fastulm.generation import NonFiniteError, generate_text
     from fastulm.run_reader import load_run
     from fastulm.weights import CheckpointError
 
     try:
-        run = load_run(args.run_dir, args.device)
+        run = load_run(args.run_dir, resolve_device(args.device))
         if run.kind != "lm":
             raise ValueError(f"{args.run_dir}: a {run.kind} run, not a language model")
         for i in range(args.n_samples):

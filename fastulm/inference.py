@@ -7,7 +7,11 @@ predict with onnxruntime.
     pred.labels, pred.probs, pred.names
 
 The folder holds ``model.onnx``, ``vocab.json``, ``labels.json`` (class names, task,
-label_delim, threshold) and ``tokenizer.json`` (how texts become ids); nothing pickled.
+label_delim, threshold) and ``tokenizer.json`` (how texts become ids, and the sha256 of the
+other three); nothing pickled. Each file is checked before use -- its sha256, the class
+names against the model's outputs, an LM's vocab against its logits -- and a damaged one is
+an ``ExportError`` naming it. An export by an earlier fastulm, without the sha256, is read
+as before.
 Texts are tokenized by fastulm's tokenizer (no torch, no spaCy) and batched exactly as the
 torch path batches them (longest first, ``bs`` a batch), so each document's pooled window --
 the last ``max_len`` tokens, cut at the same bptt boundary as in training -- is the same and
@@ -20,6 +24,7 @@ dependencies are numpy, onnxruntime and fastulm's tokenizer (numba, regex).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +41,30 @@ FILES = ("model.onnx", "vocab.json", "labels.json", "tokenizer.json")
 
 class ExportError(ValueError):
     """An export folder that is missing, damaged or of another kind."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in chunks (a model.onnx can be hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def vocab_problem(vocab: Any) -> str | None:
+    """Why a vocab.json's content cannot be a model's vocab (None: it can). ``xxfake``, the
+    padding entry, may repeat; a real token listed twice would shift every id after it."""
+    from fastulm.data.vocab import FAKE_TOKEN
+
+    if not (isinstance(vocab, list) and vocab and all(isinstance(t, str) for t in vocab)):
+        return "not a list of tokens"
+    seen: set[str] = set()
+    for t in vocab:
+        if t in seen and t != FAKE_TOKEN:
+            return f"the token {t!r} is listed twice"
+        seen.add(t)
+    return None
 
 
 def sorted_batches(lengths: np.ndarray, bs: int) -> list[np.ndarray]:
@@ -70,6 +99,30 @@ def _read_json(path: Path) -> Any:
         raise ExportError(f"{path}: unreadable ({err})") from None
 
 
+def _verify(folder: Path, settings: dict[str, Any]) -> None:
+    """Each file against the sha256 that export recorded in tokenizer.json, which it writes
+    last: a flipped byte or an edited vocab is an error, never a silently different model."""
+    sums = settings.get("sha256")
+    if sums is None:  # an export by an earlier fastulm
+        return
+    names = ["model.onnx", "vocab.json"] + (["labels.json"] if settings["kind"] == "clas" else [])
+    if not (isinstance(sums, dict) and all(isinstance(sums.get(n), str) for n in names)):
+        raise ExportError(f"{folder / 'tokenizer.json'}: damaged (its sha256 table)")
+    for name in names:
+        path = folder / name
+        try:
+            digest = file_sha256(path)
+        except FileNotFoundError:
+            raise ExportError(f"{path}: missing (export the run again)") from None
+        except OSError as err:
+            raise ExportError(f"{path}: unreadable ({err})") from None
+        if digest != sums[name]:
+            raise ExportError(
+                f"{path}: damaged: its sha256 does not match the export's tokenizer.json "
+                "(export the run again)"
+            )
+
+
 def _session(path: Path, threads: int | None):
     try:
         import onnxruntime as ort
@@ -90,13 +143,18 @@ class _Exported:
     """What both exported kinds share: the folder's settings, vocab and tokenizer."""
 
     def __init__(self, folder: Path, settings: dict[str, Any], threads: int | None):
+        _verify(folder, settings)
         self.folder = folder
         self.settings = settings
         vocab = _read_json(folder / "vocab.json")
-        if not (isinstance(vocab, list) and vocab and all(isinstance(t, str) for t in vocab)):
-            raise ExportError(f"{folder / 'vocab.json'}: damaged (not a list of tokens)")
+        problem = vocab_problem(vocab)
+        if problem:
+            raise ExportError(f"{folder / 'vocab.json'}: damaged ({problem})")
         self.vocab = vocab
         self.session = _session(folder / "model.onnx", threads)
+        # logits' last axis: the classes, or an LM's vocab (None where the graph leaves it open)
+        width = self.session.get_outputs()[0].shape[-1]
+        self.out_width = width if isinstance(width, int) else None
 
     def encode(self, texts: Sequence[str], workers: int | None = 1) -> list[np.ndarray]:
         """Each text's vocab ids, tokenized as the training corpus was (xxbos first)."""
@@ -117,7 +175,18 @@ class ExportedClassifier(_Exported):
             self.task = Task.from_config(labels, str(folder / "labels.json"))
         except ValueError as err:
             raise ExportError(str(err)) from None
-        self.names = class_names(labels["names"], int(settings["n_classes"]))
+        n_classes = int(settings["n_classes"])
+        if self.out_width not in (None, n_classes):
+            raise ExportError(
+                f"{folder / 'tokenizer.json'}: damaged (n_classes {n_classes}, but the model "
+                f"has {self.out_width} outputs)"
+            )
+        if labels["names"] and len(labels["names"]) != n_classes:
+            raise ExportError(
+                f"{folder / 'labels.json'}: damaged ({len(labels['names'])} names for "
+                f"{n_classes} classes)"
+            )
+        self.names = class_names(labels["names"], n_classes)
 
     def logits(self, docs: Sequence[np.ndarray], bs: int = 64, progress: bool | None = False):
         """Scores [n_docs, n_classes] float32 for token-id documents, in their order."""
@@ -173,6 +242,14 @@ class ExportedClassifier(_Exported):
 class ExportedLM(_Exported):
     """A language-model export (encoder + tied decoder): next-token scores; the recurrent
     state is passed in and out, so a caller can feed tokens one at a time."""
+
+    def __init__(self, folder: Path, settings: dict[str, Any], threads: int | None):
+        super().__init__(folder, settings, threads)
+        if self.out_width not in (None, len(self.vocab)):
+            raise ExportError(
+                f"{folder / 'vocab.json'}: damaged ({len(self.vocab)} tokens for a model of "
+                f"{self.out_width})"
+            )
 
     def zero_state(self, bs: int) -> list[np.ndarray]:
         widths = self.settings.get("state_widths")  # older exports: (h, c) per LSTM layer

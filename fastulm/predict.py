@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 from fastulm.cli import parser
+from fastulm.text.rules import join_fields
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--file", help="one text per line, or a CSV (.csv or --text-col); - = standard input"
     )
-    p.add_argument("--text-col", help="the CSV column holding the text (default text)")
+    p.add_argument(
+        "--text-col",
+        action="append",
+        help="the CSV column holding the text; repeat it for several, joined with xxfld as in "
+        "training (default: the columns the classifier was trained on, else text)",
+    )
     p.add_argument(
         "--id-col", help="the CSV column copied to the output as the id (default: row number)"
     )
@@ -112,36 +118,42 @@ def _read_source(source: str) -> tuple[str, bytes]:
         buf = getattr(stdin, "buffer", None)
         return "standard input", buf.read() if buf is not None else stdin.read().encode("utf-8")
     path = Path(source)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give a file (one text per line, or a CSV)")
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     return str(path), path.read_bytes()
 
 
 def read_rows(
-    source: str | Path, text_col: str | None = None, id_col: str | None = None
+    source: str | Path,
+    text_col: str | list[str] | None = None,
+    id_col: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """(ids, texts) of ``source`` (a path, or ``-``).
 
     A CSV (the name ends in .csv, or a column is named; the text column defaults to
-    ``text``): one text per row, its id the ``id_col`` cell, else the row number (1 = the
-    first row after the header). Otherwise one text per line, its id the line number; blank lines are
-    skipped, not scored as reviews.
+    ``text``): one text per row, several columns joined as ``tokenize`` joined them
+    (``xxfld 1 <a> xxfld 2 <b>``), its id the ``id_col`` cell, else the row number (1 = the
+    first row after the header). Otherwise one text per line, its id the line number; blank
+    lines are skipped, not scored as reviews.
     """
+    cols = [text_col] if isinstance(text_col, str) else list(text_col or [])
     name, data = _read_source(str(source))
     try:
         raw = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not text
     except UnicodeDecodeError as err:
         raise ValueError(f"{name}: not UTF-8 text (byte {err.start})") from None
-    if text_col is not None or id_col is not None or str(source).lower().endswith(".csv"):
-        col = text_col or "text"
+    if cols or id_col is not None or str(source).lower().endswith(".csv"):
+        cols = cols or ["text"]
         _no_csv_field_limit()
         reader = csv.DictReader(io.StringIO(raw, newline=""))
         try:
-            for c in (col, id_col):
+            for c in (*cols, id_col):
                 if c is not None and (reader.fieldnames is None or c not in reader.fieldnames):
                     raise ValueError(f"{name}: no column {c!r} (columns: {reader.fieldnames})")
             rows = [
-                (row[id_col] if id_col else str(i), row[col] or "")
+                (row[id_col] if id_col else str(i), join_fields([row[c] or "" for c in cols]))
                 for i, row in enumerate(reader, 1)
             ]
         except csv.Error as err:
@@ -198,6 +210,23 @@ def default_out(source: str) -> str:
     return str(path.with_name(f"{path.stem}.predictions.csv"))
 
 
+def _trained_text_cols(run_dir: str, onnx: bool) -> list[str] | None:
+    """The columns the classifier's corpus joined (several: a CSV needs the same ones), or
+    None; an unreadable file is left for the model loader to report."""
+    import json
+
+    try:
+        if onnx:
+            cols = json.loads((Path(run_dir) / "tokenizer.json").read_text()).get("text_cols")
+        else:
+            config = json.loads((Path(run_dir) / "config.json").read_text())
+            cols = config.get("settings", {}).get("text_cols")
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = isinstance(cols, list) and len(cols) > 1 and all(isinstance(c, str) for c in cols)
+    return cols if ok else None
+
+
 def _is_predictions_csv(path: Path) -> bool:
     """Does ``path`` start as ``_csv_text`` writes (id, ``label``, ``p_<class>``...)?"""
     try:
@@ -223,7 +252,9 @@ def check_out(out: str, source: str, run_dirs: list[str]) -> None:
     for run in run_dirs:
         home = Path(os.path.realpath(run))
         if home in real.parents:
-            raise WriteError(f"{out}: is inside the model folder {run}; write predictions elsewhere")
+            raise WriteError(
+                f"{out}: is inside the model folder {run}; write predictions elsewhere"
+            )
     if not path.exists():
         return
     if not is_stdio(source) and Path(source).exists() and os.path.samefile(path, source):
@@ -269,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.file is None:
             ids, texts = ["1"], [args.text]
         else:
-            ids, texts = read_rows(args.file, args.text_col, args.id_col)
+            cols = args.text_col or _trained_text_cols(args.run_dir, args.onnx)
+            ids, texts = read_rows(args.file, cols, args.id_col)
         pred = predict_runs([args.run_dir, *args.also], texts, args)
         if out is not None:
             write_text(out, _csv_text(ids, args.id_col or "id", pred))

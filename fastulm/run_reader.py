@@ -1,7 +1,9 @@
 """Reading a run directory back: the trained model, its vocab and its config.
 
 The layout is described (and written) in fastulm/train/run_dir.py; this reader lives outside
-the trainer so that predict, generate and export never import it.
+the trainer so that predict, generate and export never import it. The files are checked
+against each other before use (label_names against n_classes, vocab.json and n_classes
+against the shapes in model.safetensors): a mismatch is one error naming the file at fault.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from fastulm.inference import vocab_problem
 from fastulm.weights import CheckpointError, load_weights
 
 FORMAT = "fastulm-run-1"
@@ -47,8 +50,16 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
         raise CheckpointError(f"{cfg_path}: damaged (kind or model missing)")
     if kind == "clas" and not (isinstance(n_classes, int) and n_classes >= 2):
         raise CheckpointError(f"{cfg_path}: damaged (n_classes {n_classes!r})")
-    if not (isinstance(vocab, list) and vocab and all(isinstance(t, str) for t in vocab)):
-        raise CheckpointError(f"{run_dir / 'vocab.json'}: damaged (not a list of tokens)")
+    names = config.get("label_names") or []
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{cfg_path}: damaged (label_names is not a list of names)")
+    if kind == "clas" and names and len(names) != n_classes:
+        raise CheckpointError(
+            f"{cfg_path}: damaged ({len(names)} label_names for {n_classes} classes)"
+        )
+    problem = vocab_problem(vocab)
+    if problem:
+        raise CheckpointError(f"{run_dir / 'vocab.json'}: damaged ({problem})")
     try:
         model_cfg = AWDLSTMConfig.from_dict(config["model"])
     except (TypeError, ValueError) as err:
@@ -57,6 +68,35 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
         model = get_classifier(len(vocab), n_classes, model_cfg)
     else:
         model = get_language_model(len(vocab), model_cfg)
+    _check_sizes(model, run_dir, kind)
     load_weights(model, run_dir / "model.safetensors")
     model.to(device).eval()
-    return Run(kind, model, vocab, config.get("label_names") or [], config)
+    return Run(kind, model, vocab, names, config)
+
+
+def _check_sizes(model: nn.Module, run_dir: Path, kind: str) -> None:
+    """The model was built from vocab.json and config.json: when its embedding or head
+    differs from model.safetensors, name the file at fault, not a tensor's shape."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(run_dir / "model.safetensors"), "pt") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception:  # missing or unreadable: load_weights says so
+        return
+    names = {m: n for n, m in model.named_modules()}
+    rows = shapes.get(names[model.body.encoder] + ".weight", [None])[0]
+    n_vocab = model.body.encoder.num_embeddings
+    if rows is not None and rows != n_vocab:
+        raise CheckpointError(
+            f"{run_dir / 'vocab.json'}: damaged ({n_vocab} tokens for the {rows} "
+            "embedding rows of model.safetensors)"
+        )
+    if kind == "clas":
+        last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+        outs = shapes.get(names[last] + ".weight", [None])[0]
+        if outs is not None and outs != last.out_features:
+            raise CheckpointError(
+                f"{run_dir / 'config.json'}: damaged (n_classes {last.out_features}, but the "
+                f"head of model.safetensors has {outs} outputs)"
+            )

@@ -104,6 +104,14 @@ def test_bad_inputs(small_corpus, tmp_path, capsys):
         (["--drop-mult=-0.5"], "--drop-mult must be >= 0"),
         (["--drop-mult", "5"], "dropouts must stay below 1"),  # input_p 0.25 * 5
         (["--epochs=-1"], "--epochs must be >= 0"),
+        (["--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["--wd", "nan"], "--wd must be a finite number, got nan"),
+        (["--seed=-1"], "--seed must be in [0, 2**32), got -1"),
+        (
+            ["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "cuda:99"],
+            "device 'cuda",
+        ),
+        (["--device", "tpu"], "unknown device 'tpu'"),
     ],
 )
 def test_bad_numbers_stop_before_any_work(small_corpus, tmp_path, capsys, flags, says):
@@ -369,3 +377,17 @@ def test_qrnn_lm_then_a_classifier_with_its_layers(small_corpus, tmp_path, capsy
         == 1
     )
     assert "QRNN layers but the model has LSTM" in _one_error_line(capsys)
+
+
+def test_clas_without_a_validation_split_says_how_to_make_one(tmp_path, capsys):
+    from fastulm.tokenize import main as tokenize_main
+
+    src = tmp_path / "t.csv"
+    src.write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(8)))
+    assert tokenize_main([str(src), str(tmp_path / "c"), "--quiet", "--min-freq", "1"]) == 0
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert train_main(["clas", str(tmp_path / "c"), str(run), *TINY]) == 1
+    err = _one_error_line(capsys)
+    assert "no validation split (it has train)" in err and "--valid-pct" in err
+    assert not run.exists()

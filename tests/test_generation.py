@@ -320,6 +320,7 @@ def _one_error_line(capsys):
         (["--n-samples", "0"], "--n-samples must be >= 1, got 0"),
         (["--n-words", "0"], "--n-words must be >= 1, got 0"),
         (["--n-sentences", "0"], "--n-sentences must be >= 1, got 0"),
+        (["--seed=-1"], "--seed must be in [0, 2**32), got -1"),
     ],
 )
 def test_cli_bad_numbers_are_usage_errors(tmp_path, capsys, flags, says):
@@ -352,3 +353,11 @@ def test_cli_abbreviated_option_is_a_usage_error(lm_run, capsys):
         generate_cli.main([str(lm_run), "The cast was", "--temp", "0.5"])  # not --temperature
     assert info.value.code == 2
     assert "unrecognized arguments: --temp" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "device, says", [("tpu", "unknown device 'tpu'"), ("cuda:99", "device 'cuda:99'")]
+)
+def test_cli_a_bad_device_is_one_error(lm_run, capsys, device, says):
+    assert generate_cli.main([str(lm_run), "The cast was", "--device", device]) == 1
+    assert says in _one_error_line(capsys)

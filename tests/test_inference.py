@@ -247,3 +247,27 @@ def test_predict_and_generate_run_without_the_trainer(tmp_path, vocab):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_export_records_sha256_and_an_old_lm_export_checks_its_vocab(tmp_path):
+    """tokenizer.json holds the sha256 of each other file; without them (an earlier
+    fastulm's export), an LM's vocab is still checked against its logits."""
+    import hashlib
+
+    small = [*SPECIAL_TOKENS, "good", "bad", "film"]
+    torch.manual_seed(0)
+    write_run(tmp_path / "lm", get_language_model(len(small), **SIZES), small, None, {"kind": "lm"})
+    folder = export.export_run(tmp_path / "lm", tmp_path / "export")
+    settings = json.loads((folder / "tokenizer.json").read_text())
+    assert settings["sha256"] == {
+        n: hashlib.sha256((folder / n).read_bytes()).hexdigest()
+        for n in ("model.onnx", "vocab.json")
+    }
+    del settings["sha256"]
+    (folder / "tokenizer.json").write_text(json.dumps(settings))
+    inference.load(folder)  # an export without checksums loads
+    (folder / "vocab.json").write_text(json.dumps(small[:-1]))
+    with pytest.raises(
+        inference.ExportError, match=r"vocab.json: damaged \(11 tokens for a model of 12\)"
+    ):
+        inference.load(folder)

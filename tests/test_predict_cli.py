@@ -565,3 +565,106 @@ def test_out_of_memory_says_lower_bs(clas, texts_file, monkeypatch, capsys):
     run, _ = clas
     assert predict.main([str(run), "--file", str(texts_file), "--out", "-", "--bs", "512"]) == 1
     assert "out of memory on cpu at 512 texts a batch; lower --bs" in _one_error_line(capsys)
+
+
+# ------------------------------------------------------------------ damaged run files
+
+
+def _edit_json(path, edit):
+    import json
+
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+@pytest.mark.parametrize(
+    "file, edit, says",
+    [
+        # three names for a two-class head: predictions would be named by the wrong list
+        ("config.json", lambda c: {**c, "label_names": ["neg", "pos", "meh"]}, "label_names"),
+        # a token removed: every id after it shifts
+        ("vocab.json", lambda v: v[:5] + v[6:], "embedding rows"),
+        ("vocab.json", lambda v: [*v[:-1], "film"], "'film' is listed twice"),
+        ("config.json", lambda c: {**c, "n_classes": 3, "label_names": []}, "has 2 outputs"),
+    ],
+)
+def test_a_run_whose_files_disagree_is_one_error(tmp_path, file, edit, says, capsys):
+    run = tmp_path / "clas"
+    _write_clas_run(run)
+    _edit_json(run / file, edit)
+    assert predict.main([str(run), "great film"]) == 1
+    err = _one_error_line(capsys)
+    assert err.startswith(f"error: {run / file}: damaged") and says in err
+
+
+def _export(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    _write_clas_run(tmp_path / "clas")
+    export.export_run(tmp_path / "clas", tmp_path / "export")
+    return tmp_path / "export"
+
+
+def _flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "file, damage",
+    [
+        ("model.onnx", _flip_middle_byte),
+        ("labels.json", lambda p: _edit_json(p, lambda lab: {**lab, "names": ["pos", "neg"]})),
+        ("vocab.json", lambda p: _edit_json(p, lambda v: v[:5] + v[6:])),
+    ],
+)
+def test_a_damaged_export_is_one_error(tmp_path, file, damage, capsys):
+    """A flipped byte in the weights or an edited vocab/labels would predict quietly wrong."""
+    folder = _export(tmp_path)
+    damage(folder / file)
+    assert predict.main([str(folder), "--onnx", "great film"]) == 1
+    err = _one_error_line(capsys)
+    assert err.startswith(f"error: {folder / file}: damaged: its sha256 does not match")
+
+
+def test_an_export_without_checksums_still_predicts(tmp_path, capsys):
+    """An export by an earlier fastulm (no sha256 in tokenizer.json) is read as before."""
+    folder = _export(tmp_path)
+    assert predict.main([str(folder), "--onnx", "great film"]) == 0
+    want = capsys.readouterr().out
+    _edit_json(folder / "tokenizer.json", lambda s: {k: v for k, v in s.items() if k != "sha256"})
+    assert predict.main([str(folder), "--onnx", "great film"]) == 0
+    assert capsys.readouterr().out == want != ""
+    # without them, the class names are still checked against the model
+    _edit_json(folder / "labels.json", lambda lab: {**lab, "names": ["a", "b", "c"]})
+    assert predict.main([str(folder), "--onnx", "great film"]) == 1
+    assert "labels.json: damaged (3 names for 2 classes)" in _one_error_line(capsys)
+
+
+def test_file_a_folder_is_one_error(clas, tmp_path, capsys):
+    run, _ = clas
+    assert predict.main([str(run), "--file", str(tmp_path)]) == 1
+    assert (
+        _one_error_line(capsys)
+        == f"error: {tmp_path}: is a folder; give a file (one text per line, or a CSV)\n"
+    )
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_several_text_columns_are_joined_as_in_training(tmp_path, given):
+    """A classifier trained on title + body (xxfld-marked) reads a CSV's same columns: given
+    with repeated --text-col, or by default the ones its corpus recorded."""
+    torch.manual_seed(0)
+    model = get_classifier(len(VOCAB), 2, **SMALL)
+    run = tmp_path / "clas"
+    write_run(run, model, VOCAB, ["neg", "pos"], {"kind": "clas", "text_cols": ["title", "body"]})
+    src = tmp_path / "r.csv"
+    src.write_text("title,body\nGreat,The film was great and fun!\nAwful,It was awful.\n")
+    flags = ["--text-col", "title", "--text-col", "body"] if given else []
+    out = tmp_path / "o.csv"
+    assert predict.main([str(run), "--file", str(src), "--out", str(out), *flags]) == 0
+    joined = [
+        "xxfld 1 Great xxfld 2 The film was great and fun!",
+        "xxfld 1 Awful xxfld 2 It was awful.",
+    ]
+    assert out.read_bytes().decode() == expected_csv(model, joined)

@@ -38,8 +38,42 @@ def read_table(path: Path, kind: str, text_cols: Sequence[str]):
             return pl.read_ndjson(path, infer_schema_length=None)
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError, ValueError) as err:
+        where = _bad_line(path, kind)
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{path}: cannot read as {kind.upper()} ({msg})") from None
+        raise DataError(f"{path}: cannot read as {kind.upper()} ({where or msg})") from None
+
+
+def _bad_line(path: Path, kind: str) -> str | None:
+    """The first line a user can go and fix (polars names a byte offset, or nothing):
+    a JSONL line that is not a JSON object, a CSV row with another number of fields than
+    the header. Read again only on this error path."""
+    import csv
+    import json
+
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if kind == "jsonl":
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            obj = json.loads(line)
+                        except ValueError as err:
+                            return f"line {n} is not valid JSON: {err.msg}"
+                        if not isinstance(obj, dict):
+                            return f"line {n} is not a JSON object"
+            elif kind in ("csv", "tsv"):
+                csv.field_size_limit(2**31 - 1)
+                rows = csv.reader(f, delimiter="\t" if kind == "tsv" else ",")
+                header = next(rows, [])
+                for row in rows:
+                    if row and len(row) != len(header):
+                        return (
+                            f"line {rows.line_num} has {len(row)} fields, "
+                            f"the header has {len(header)}"
+                        )
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
 
 
 def open_table(path: Path, kind: str, options: SourceOptions) -> Source:

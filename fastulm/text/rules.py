@@ -129,3 +129,11 @@ def apply_rules(text: str) -> str:
     for rule in RULES:
         text = rule(text)
     return text
+
+
+def join_fields(fields: list[str]) -> str:
+    """Several columns of one row as one text, marked as fastai's ``tokenize_df`` marks
+    them: ``xxfld 1 <a> xxfld 2 <b>``; one column is its text unchanged."""
+    if len(fields) == 1:
+        return fields[0]
+    return " ".join(f"{FLD} {i} {text}" for i, text in enumerate(fields, 1))

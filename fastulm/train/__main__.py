@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -142,8 +143,17 @@ def _check_numbers(args) -> None:
     for names, ok, must in rules:
         for name in names:
             value = getattr(args, name, None)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
             if value is not None and not ok(value):
                 raise ValueError(f"--{name.replace('_', '-')} must be {must}, got {value}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ValueError(f"--seed must be in [0, 2**32), got {seed}")
+    if getattr(args, "device", None) is not None:
+        from fastulm.devices import resolve_device
+
+        resolve_device(args.device)  # "cuda" on a CPU machine: one line before any work
     if getattr(args, "max_memory", None) is not None:
         from fastulm.train.memory_plan import parse_size
 

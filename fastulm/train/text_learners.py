@@ -266,6 +266,11 @@ def text_classifier_learner(
     kwargs.setdefault("moms", TEXT_MOMS)
     if valid_split is None:
         valid_split = "valid" if "valid" in corpus else "test"
+        if valid_split not in corpus:
+            raise ValueError(
+                f"{corpus.path}: no validation split (it has {', '.join(corpus.split_names)});"
+                " tokenize with --valid-pct P or --valid-col COL, or name one with --valid-split"
+            )
     names = corpus.label_names
     task = getattr(corpus, "task", "single_label")
     train, valid = corpus[train_split], corpus[valid_split]
@@ -321,6 +326,8 @@ def text_classifier_learner(
         task=task,
         label_delim=getattr(corpus, "label_delim", None),
         threshold=threshold,
+        # the table columns a document was made of: predict joins a CSV's the same way
+        text_cols=corpus.meta.get("text_cols"),
     )
     learn.freeze()
     return learn

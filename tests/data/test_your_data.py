@@ -560,7 +560,9 @@ def test_list_label_cells_are_a_rows_classes(tmp_path, kind):
     body = list(TABLE["body"])
     csv_path = tmp_path / "t.csv"
     TABLE.to_csv(csv_path, index=False)
-    want = _run(csv_path, tmp_path / "want", text_cols=["body"], label_col="genres", label_delim=";")
+    want = _run(
+        csv_path, tmp_path / "want", text_cols=["body"], label_col="genres", label_delim=";"
+    )
     frame = pl.DataFrame({"body": body, "genres": GENRE_LISTS})
     if kind == "parquet":
         frame.write_parquet(tmp_path / "t.parquet")
@@ -580,8 +582,13 @@ def test_list_label_cells_are_a_rows_classes(tmp_path, kind):
     assert [list(s) for s in _sets(got)] == [list(s) for s in _sets(want)]
     # with --label-delim too, the items are the classes (not split again, no traceback)
     frame.write_parquet(tmp_path / "d.parquet")
-    again = _run(tmp_path / "d.parquet", tmp_path / "d", text_cols=["body"], label_col="genres",
-                 label_delim="|")
+    again = _run(
+        tmp_path / "d.parquet",
+        tmp_path / "d",
+        text_cols=["body"],
+        label_col="genres",
+        label_delim="|",
+    )
     assert again.label_names == want.label_names and again.label_delim == "|"
 
 
@@ -629,4 +636,25 @@ def test_tokenize_df_names_a_pandas_column_of_mixed_types(tmp_path):
         tokenize_df(df, tmp_path / "out")
     with pytest.raises(DataError, match=r"not a pandas or polars DataFrame \(list\)"):
         tokenize_df([["a", "x"]], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "name, body, says",
+    [
+        (
+            "bad.jsonl",
+            '{"text":"a","label":"x"}\n{"text": "b", "label"\n',
+            "line 2 is not valid JSON",
+        ),
+        ("arr.jsonl", '{"text":"a","label":"x"}\n\n[1, 2]\n', "line 3 is not a JSON object"),
+        ("rag.csv", "text,label\na,x\nb,y,z\nc,x\n", "line 3 has 3 fields, the header has 2"),
+        ("rag.tsv", "text\tlabel\na\tx\nb\ty\tz\n", "line 3 has 3 fields, the header has 2"),
+    ],
+)
+def test_a_broken_table_names_the_line_to_fix(tmp_path, capsys, name, body, says):
+    (tmp_path / name).write_text(body)
+    assert main([str(tmp_path / name), str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
     assert not (tmp_path / "out").exists()
