@@ -183,7 +183,10 @@ def encode_ids(itos: Sequence[str], texts: Sequence[str], workers: int | None = 
         parts = [enc.encode(t) for t in tasks]
     else:
         methods = mp.get_all_start_methods()
-        if "fork" in methods:  # children inherit a warmed-up tokenizer and the vocab
+        # children inherit a warmed-up tokenizer and the vocab; but a fork of a process
+        # running other threads (torch's, pyarrow's) can inherit a held lock and hang for
+        # ever (seen in CI), so fork only while this process is its only thread
+        if "fork" in methods and _one_thread():
             _ENCODER = _Encoder(itos)
             _ENCODER.encode(["Warm up the tokenizer, once."])
             ctx, initargs = mp.get_context("fork"), (None,)
@@ -203,6 +206,14 @@ def encode_ids(itos: Sequence[str], texts: Sequence[str], workers: int | None = 
 
 
 # ------------------------------------------------------------------ the model
+
+
+def _one_thread() -> bool:
+    """Whether this process runs a single OS thread (Linux: /proc/self/task)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def progress_bar(total: int, progress: bool | None):
