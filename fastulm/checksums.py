@@ -49,6 +49,12 @@ def _hash_rest(f) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in chunks (a model.onnx or an archive can be hundreds of MB)."""
+    with open(path, "rb") as f:
+        return _hash_rest(f)
+
+
 def seal_safetensors(path: str | os.PathLike) -> None:
     """Write the data region's SHA-256 into the header of the safetensors file at ``path``
     (a temporary file of the caller's: it is rewritten in place)."""

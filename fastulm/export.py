@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from fastulm.checksums import file_sha256
 from fastulm.cli import parser
-from fastulm.inference import FILES, FORMAT, file_sha256
+from fastulm.inference import FILES, FORMAT
 
 OPSET = 17
 RULES = (

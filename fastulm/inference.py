@@ -24,7 +24,6 @@ dependencies are numpy, onnxruntime and fastulm's tokenizer (numba, regex).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from fastulm.checksums import file_sha256
 from fastulm.scores import Predictions, Task, check_threshold, class_names, pick_labels
 from fastulm.scores import probabilities as _probabilities
 
@@ -41,15 +41,6 @@ FILES = ("model.onnx", "vocab.json", "labels.json", "tokenizer.json")
 
 class ExportError(ValueError):
     """An export folder that is missing, damaged or of another kind."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file, read in chunks (a model.onnx can be hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def vocab_problem(vocab: Any) -> str | None:

@@ -12,6 +12,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from fastulm.checksums import file_sha256
 from fastulm.data import DataError
 
 #: Published checksums. The official IMDB archive's sha256 is the one TensorFlow Datasets
@@ -40,14 +41,6 @@ def cached_name(url: str) -> str:
     return f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch(
     url: str,
     cache_dir: str | os.PathLike | None = None,
@@ -68,7 +61,7 @@ def fetch(
     target = folder / cached_name(url)
     expected = (sha256 or known_sha256(url) or "").lower() or None
     if target.exists():
-        if expected is None or sha256_file(target) == expected:
+        if expected is None or file_sha256(target) == expected:
             return target
         target.unlink()  # a stale or damaged copy: fetch again
     part = target.with_name(target.name + ".part")
@@ -85,7 +78,7 @@ def fetch(
     else:
         raise DataError(f"{url}: download incomplete after {retries + 1} attempts")
     if expected is not None:
-        got = sha256_file(part)
+        got = file_sha256(part)
         if got != expected:
             part.unlink()
             raise DataError(f"{url}: sha256 mismatch (expected {expected}, got {got})")
