@@ -20,6 +20,7 @@ from fastulm.data import DataError
 from fastulm.data.corpus import (
     PART_FORMAT,
     OutputDir,
+    check_digests,
     list_array,
     numpy_array,
     numpy_view,
@@ -67,10 +68,12 @@ def tokenize_shard(
             raise DataError(f"{source.path}: shard {shard_index} of {num_shards} has no documents")
         if check is not None:
             check()
-        return _write_part(collector, target, num_shards, shard_index)
+        return _write_part(collector, target, num_shards, shard_index, source.fingerprint())
 
 
-def _write_part(collector: Collector, target: OutputDir, num_shards: int, shard_index: int) -> Path:
+def _write_part(
+    collector: Collector, target: OutputDir, num_shards: int, shard_index: int, fingerprint: dict
+) -> Path:
     canon = collector.canonical()
     tokens_list = collector.tokens
     identity = np.arange(len(tokens_list), dtype=np.int32)
@@ -105,6 +108,7 @@ def _write_part(collector: Collector, target: OutputDir, num_shards: int, shard_
         "num_shards": num_shards,
         "shard_index": shard_index,
         "source": collector.source,
+        "fingerprint": fingerprint,
         "splits": list(collector.splits),
         "label_names": collector.label_names,
         "plan": collector.plan,
@@ -112,8 +116,10 @@ def _write_part(collector: Collector, target: OutputDir, num_shards: int, shard_
         "docs": collector.n_docs,
         "non_utf8": sorted(collector.non_utf8),
     }
-    write_arrow(target.tmp / "tokens.arrow", tokens)
-    write_arrow(target.tmp / "docs.arrow", docs)
+    meta["sha256"] = {
+        "tokens.arrow": write_arrow(target.tmp / "tokens.arrow", tokens),
+        "docs.arrow": write_arrow(target.tmp / "docs.arrow", docs),
+    }
     write_json(target.tmp / "part.json", meta)
     return target.commit()
 
@@ -124,12 +130,15 @@ def _read_part(path: Path) -> tuple[dict, pa.RecordBatch, pa.RecordBatch]:
         raise DataError(f"{path}: not a complete part (no part.json)")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != PART_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != PART_FORMAT:
             raise DataError(f"{meta_path}: not a {PART_FORMAT} file")
+        check_digests(meta_path, meta, ["tokens.arrow", "docs.arrow"], "write this part again")
         tables = []
         for name in ("tokens.arrow", "docs.arrow"):
             reader = pa.ipc.open_file(pa.memory_map(str(path / name), "r"))
             tables.append(reader.get_batch(0))
+    except DataError:
+        raise
     except (OSError, ValueError, pa.ArrowInvalid) as err:
         raise DataError(f"{path}: unreadable part ({str(err).splitlines()[0]})") from None
     return meta, tables[0], tables[1]
@@ -161,10 +170,16 @@ def _collect_parts(parts: Sequence[str | os.PathLike]) -> Collector:
             f"parts do not make a whole: {k} shards expected, "
             + (f"missing shard(s) {missing}" if missing else f"shard indices {got}")
         )
+    # The same source on several machines may lie at different paths: its fingerprint, where
+    # every part has one, tells whether the parts read the same data
+    same = ("fingerprint",) if all("fingerprint" in m for _, m, _, _ in read) else ("source",)
     for path, m, _, _ in read:
-        for key in ("num_shards", "source", "splits", "sort_by", "plan"):
+        for key in ("num_shards", *same, "splits", "sort_by", "plan"):
             if m.get(key) != first.get(key):
-                raise DataError(f"{path}: {key} differs from {read[0][0]} ({m.get(key)!r})")
+                raise DataError(
+                    f"{path}: {key} differs from {read[0][0]}'s ({m.get(key)!r}):"
+                    " the parts were not cut from the same source"
+                )
     plan = dict(first.get("plan") or {})
     # An archive's parts each number the classes they saw first-come: renumber to the union
     # (put in class order by finish); a table's or folder's parts all have the same names.

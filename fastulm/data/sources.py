@@ -11,6 +11,7 @@ impossible by construction; odd names are simply skipped).
 
 from __future__ import annotations
 
+import hashlib
 import lzma
 import os
 import re
@@ -22,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastulm.checksums import file_sha256
 from fastulm.data import DataError
 from fastulm.data.labels import Coder, check_labels
 from fastulm.data.tar import (
@@ -216,6 +218,25 @@ class Source:
     options: SourceOptions = field(default_factory=SourceOptions)
     #: documents left out for want of a label (``drop_unlabelled``) before tokenizing
     dropped: int = 0
+    #: the file or folder read, where ``path`` is a URL (its downloaded copy)
+    local: str | None = None
+
+    def fingerprint(self) -> dict:
+        """What tells this source's content from another's on any machine, whatever its path
+        there: a file's size and sha256; for a folder, the names and sizes of its text files
+        (reading every file would cost a shard what tokenizing all of them does)."""
+        path = Path(self.local or self.path)
+        if path.is_file():
+            return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        h, n = hashlib.sha256(), 0
+        for folder, subdirs, names in os.walk(path):
+            subdirs.sort()
+            rel = os.path.relpath(folder, path)
+            for name in sorted(filter(is_text_name, names)):
+                size = os.stat(os.path.join(folder, name)).st_size
+                h.update(f"{rel}/{name}\0{size}\n".encode("utf-8", "surrogateescape"))
+                n += 1
+        return {"text_files": n, "names_and_sizes_sha256": h.hexdigest()}
 
     def plan(self) -> dict:
         """What the corpus is made of besides the texts (kept in a part's part.json)."""
@@ -259,7 +280,7 @@ def open_source(
 
         local = fetch(s, cache_dir=cache_dir, sha256=sha256)
         source = open_source(local, options=options)
-        source.path = s
+        source.path, source.local = s, str(local)
         return source
     path = Path(src)
     if not path.exists():

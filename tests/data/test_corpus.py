@@ -93,8 +93,17 @@ def test_fastulm_open_corpus_is_the_same(tmp_path):
     assert fastulm.open_corpus(out)["test"].ids.tolist() == [2, 0, 11, 9, 9]
 
 
+def _unseal(out):
+    """Drop meta.json's checksums, as in a corpus written before them: the checks below
+    are what still guards such a corpus."""
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["sha256"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
 def test_damage_is_reported(tmp_path):
-    out = _write(tmp_path / "c")
+    out = _unseal(_write(tmp_path / "c"))
     data = (out / "train.arrow").read_bytes()
     (out / "train.arrow").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=re.escape("train.arrow: not a readable corpus file")):
@@ -136,7 +145,7 @@ def _overwrite(path, old: np.ndarray, new: np.ndarray) -> None:
 
 @pytest.mark.parametrize("bad", [0x7FFFFFFF, len(ITOS), -3])
 def test_token_id_outside_the_vocab_is_damage(tmp_path, bad):
-    out = _write(tmp_path / "c")
+    out = _unseal(_write(tmp_path / "c"))
     ids = np.array([2, 9, 10, 11, 2, 8, 10, 2], np.int32)  # train's documents end to end
     damaged = ids.copy()
     damaged[5] = bad  # the 8 of the second document
@@ -147,15 +156,47 @@ def test_token_id_outside_the_vocab_is_damage(tmp_path, bad):
 
 
 def test_label_outside_label_names_is_damage(tmp_path):
-    out = _write(tmp_path / "c")
+    out = _unseal(_write(tmp_path / "c"))
     _overwrite(out / "train.arrow", np.array([0, 1, 1], np.int64), np.array([0, 1, 2], np.int64))
     with pytest.raises(DataError, match=re.escape("train.arrow: damaged: label 2 of document 2")):
         open_corpus(out)
 
 
 def test_offsets_going_backwards_are_damage(tmp_path):
-    out = _write(tmp_path / "c")
+    out = _unseal(_write(tmp_path / "c"))
     offsets = np.array([0, 4, 7, 8], np.int64)
     _overwrite(out / "train.arrow", offsets, np.array([0, 4, 3, 8], np.int64))
     with pytest.raises(DataError, match=re.escape("train.arrow: damaged: document 1 has a neg")):
+        open_corpus(out)
+
+
+def test_damage_that_stays_in_range_is_caught_by_the_checksums(tmp_path):
+    """A token id changed into another valid id passes every value check; meta.json's
+    sha256 of each file catches it, and a changed vocab.json too."""
+    out = _write(tmp_path / "c")
+    ids = np.array([2, 9, 10, 11, 2, 8, 10, 2], np.int32)
+    damaged = ids.copy()
+    damaged[5] = 9  # "xxmaj" -> "the": still inside the vocab
+    _overwrite(out / "train.arrow", ids, damaged)
+    want = "train.arrow: damaged (its sha256 does not match meta.json); tokenize again"
+    with pytest.raises(DataError, match=re.escape(want)):
+        open_corpus(out)
+    out = _write(tmp_path / "d")
+    vocab = json.loads((out / "vocab.json").read_text())
+    vocab[9], vocab[10] = vocab[10], vocab[9]
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(DataError, match=re.escape("vocab.json: damaged (its sha256 does not")):
+        open_corpus(out)
+
+
+def test_checksums_list_every_file_and_old_corpora_still_open(tmp_path):
+    out = _write(tmp_path / "c")
+    meta = json.loads((out / "meta.json").read_text())
+    assert sorted(meta["sha256"]) == ["test.arrow", "train.arrow", "vocab.json"]
+    assert open_corpus(_unseal(out))["train"].ids.tolist() == [2, 9, 10, 11, 2, 8, 10, 2]
+    out = _write(tmp_path / "d")
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["sha256"]["test.arrow"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=re.escape("meta.json: damaged (its sha256 table")):
         open_corpus(out)

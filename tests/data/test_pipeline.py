@@ -1,11 +1,14 @@
 """The tokenize pipeline: corpus content, determinism, shards, vocab options, bad input."""
 
 import json
+import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from imdb_fakes import TEXTS, make_tar
 
@@ -80,6 +83,62 @@ def test_shards_then_merge_equal_single_run(tiny_imdb, tmp_path):
     with pytest.raises(DataError, match="part0: not a complete part"):
         (parts[1] / "part.json").unlink()
         merge_parts(parts, tmp_path / "bad")
+
+
+def test_parts_must_come_from_the_same_data_wherever_it_lies(tiny_imdb, tmp_path):
+    """part.json carries the source's fingerprint: the same reviews copied to another path
+    (another machine) merge; a folder changed between two shards' runs, or another archive
+    at the same path, is refused rather than merged into a corpus of neither."""
+    root, _ = tiny_imdb
+    single = _run(root, tmp_path / "single")
+    copy = tmp_path / "elsewhere" / "aclImdb"
+    shutil.copytree(root, copy)
+
+    def shard(src, i, name):
+        return tokenize_shard(src, tmp_path / name, 2, i, workers=1, progress=False)
+
+    merged = merge_parts([shard(root, 0, "a0"), shard(copy, 1, "a1")], tmp_path / "merged")
+    assert _files(single) == _files(merged)
+
+    first = shard(root, 0, "b0")
+    review = next((root / "train" / "pos").glob("*.txt"))
+    review.write_text(review.read_text() + " An edit made between the two shards' runs.")
+    second = shard(root, 1, "b1")
+    with pytest.raises(DataError, match=r"b1: fingerprint differs from .*b0's"):
+        merge_parts([first, second], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+    tar = make_tar(root, tmp_path / "a.tar.gz")
+    first = shard(tar, 0, "c0")
+    make_tar(copy, tar)  # the archive replaced by one of the unedited reviews
+    with pytest.raises(DataError, match="fingerprint differs"):
+        merge_parts([first, shard(tar, 1, "c1")], tmp_path / "bad")
+
+
+def test_a_damaged_part_is_refused(tiny_imdb, tmp_path):
+    """A changed byte in a part's token ids, still a valid id, is caught by part.json's
+    sha256 of each file."""
+    root, _ = tiny_imdb
+    parts = [
+        tokenize_shard(root, tmp_path / f"p{i}", 2, i, workers=1, progress=False) for i in (0, 1)
+    ]
+    docs = parts[1] / "docs.arrow"
+    ids = open_part_ids(docs)
+    data = docs.read_bytes()
+    at = data.find(ids.tobytes())
+    swapped = ids.copy()
+    swapped[[1, 2]] = swapped[[2, 1]]
+    assert at >= 0 and ids[1] != ids[2]
+    docs.write_bytes(data[:at] + swapped.tobytes() + data[at + len(ids.tobytes()) :])
+    want = "docs.arrow: damaged (its sha256 does not match part.json); write this part again"
+    with pytest.raises(DataError, match=re.escape(want)):
+        merge_parts(parts, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def open_part_ids(path: Path) -> np.ndarray:
+    batch = pa.ipc.open_file(pa.memory_map(str(path), "r")).get_batch(0)
+    return np.asarray(batch.column("ids").values)
 
 
 def test_empty_shard_is_an_error(tiny_imdb, tmp_path):
