@@ -81,14 +81,16 @@ def test_onnx_equals_torch_on_the_sample(tmp_path, sample_texts, vocab, case):
     _clas_run(tmp_path / "run", vocab, names, settings, **config)
     export.export_run(tmp_path / "run", tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(export.FILES)
-    want = predict_texts([tmp_path / "run"], sample_texts, bs=32, device="cpu")
+    want = predict_texts([tmp_path / "run"], sample_texts, bs=32, device="cpu", precision="fp32")
     got = inference.load(tmp_path / "export").predict(sample_texts, bs=32)
     assert got.names == want.names == names
     assert got.labels == want.labels
     assert np.abs(got.probs - want.probs).max() < 1e-4
     if case != "single_label":  # a threshold among the probabilities: labels of all kinds
         t, some = float(np.median(want.probs)), sample_texts[:200]
-        want = predict_texts([tmp_path / "run"], some, bs=32, device="cpu", threshold=t)
+        want = predict_texts(
+            [tmp_path / "run"], some, bs=32, device="cpu", threshold=t, precision="fp32"
+        )
         got = inference.load(tmp_path / "export").predict(some, bs=32, threshold=t)
         assert got.labels == want.labels and len(set(want.labels)) > 1
 
@@ -100,7 +102,7 @@ def test_onnx_pools_each_documents_window_as_torch_batches_it(tmp_path, vocab):
     base = ["a fine film", "the worst thing i ever saw , and long"]
     texts = [" ".join(base * k) for k in range(1, 9)] + ["good", "bad ."]
     for bs in (1, 3, 64):
-        want = predict_texts([tmp_path / "run"], texts, bs=bs, device="cpu")
+        want = predict_texts([tmp_path / "run"], texts, bs=bs, device="cpu", precision="fp32")
         got = inference.load(tmp_path / "export").predict(texts, bs=bs)
         assert np.abs(got.probs - want.probs).max() < 1e-5
 
@@ -139,7 +141,12 @@ def test_predict_onnx_cli_writes_what_torch_predict_writes(tmp_path, vocab, caps
     assert export.main([str(tmp_path / "run"), str(tmp_path / "export")]) == 0
     src = tmp_path / "in.txt"
     src.write_text("\n".join(texts) + "\n")
-    assert predict.main([str(tmp_path / "run"), "--file", str(src), "--out", "-"]) == 0
+    assert (
+        predict.main(
+            [str(tmp_path / "run"), "--file", str(src), "--out", "-", "--precision", "fp32"]
+        )
+        == 0
+    )
     torch_rows = list(csv.reader(capsys.readouterr().out.splitlines()))
     args = [str(tmp_path / "export"), "--onnx", "--file", str(src), "--out", "-", "--threads", "1"]
     assert predict.main(args) == 0
@@ -200,7 +207,7 @@ def test_a_venv_without_torch_predicts(tmp_path, vocab):
     texts = ["A great film, I loved it.", "Awful. Just awful!", "It was fine I guess " * 40]
     _clas_run(tmp_path / "run", vocab, ["neg", "pos"], {})
     export.export_run(tmp_path / "run", tmp_path / "export")
-    want = predict_texts([tmp_path / "run"], texts, device="cpu")
+    want = predict_texts([tmp_path / "run"], texts, device="cpu", precision="fp32")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"

@@ -15,7 +15,7 @@ import threading
 import pytest
 import torch
 
-from fastulm import export, generate, predict
+from fastulm import export, generate, predict, prediction
 from fastulm.model import get_classifier
 from fastulm.text import tokenize_texts
 from fastulm.train.run_dir import write_run
@@ -64,6 +64,13 @@ def _one_error_line(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     return err
+
+
+@pytest.fixture(autouse=True)
+def auto_is_fp32(monkeypatch):
+    """The expectations here are fp32; on a CPU with avx512_bf16 or AMX ``--precision auto``
+    would choose bf16 (tested on its own below)."""
+    monkeypatch.setattr(prediction, "cpu_has_native_bf16", lambda: False)
 
 
 @pytest.fixture
@@ -510,6 +517,14 @@ def test_progress_bar_reports_docs_per_second(clas, capsys):
     predict_texts([run], TEXTS, device="cpu", progress=True)
     err = capsys.readouterr().err
     assert "predicting" in err and "doc/s" in err
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_is_bf16_only_where_the_cpu_has_it_natively(monkeypatch, native):
+    monkeypatch.setattr(prediction, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert prediction.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert prediction.resolve_precision("fp32", cpu) == "fp32"
 
 
 def test_bf16_on_cpu_runs_near_fp32_or_is_one_error(clas, texts_file, capsys):
