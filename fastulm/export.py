@@ -6,9 +6,10 @@
 OUT_DIR gets ``model.onnx`` (dynamic batch and length), ``vocab.json``, ``labels.json``
 (class names, task, label_delim, threshold; classifiers only) and ``tokenizer.json`` (how
 texts become ids, the model's bptt / max_len / padding, and under ``sha256`` the checksums
-of the other files, which ``fastulm.inference`` verifies); nothing pickled. Each file is
-written atomically, tokenizer.json last (an earlier one is removed first), so a folder with
-one holds a complete export; ``--force`` replaces an earlier export, never other files.
+of the other files, which ``fastulm.inference`` verifies); nothing pickled. The folder is
+written under a temporary name beside OUT_DIR and renamed into place when complete, so a
+failed or killed export leaves no OUT_DIR, or the earlier one whole; ``--force`` replaces
+an earlier export, never other files.
 
 The graph is written with ``onnx.helper`` from the run's weights, not traced by
 ``torch.onnx.export``: the classifier's chunk loop has data-dependent control flow, its
@@ -339,14 +340,13 @@ def _not_an_export(path: Path) -> str | None:
 
 def export_run(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:
     """Write ``run_dir``'s model as an export folder (see the module docstring)."""
-    from fastulm.files import atomic_write, check_replaceable, write_text
+    from fastulm.files import atomic_folder, atomic_write, check_replaceable, write_text
     from fastulm.run_reader import load_run
     from fastulm.scores import Task
 
     out_dir = Path(out_dir)
-    check_replaceable(
-        out_dir, force=force, foreign=_not_an_export, what="model export", sources=[run_dir]
-    )
+    replaceable = dict(force=force, foreign=_not_an_export, what="model export", sources=[run_dir])
+    check_replaceable(out_dir, **replaceable)
     run = load_run(run_dir, "cpu")
     try:
         import onnx
@@ -382,17 +382,18 @@ def export_run(run_dir: str | Path, out_dir: str | Path, force: bool = False) ->
         settings["state_sizes"] = [r.n_out for r in run.model.body.rnns]
         settings["state_widths"] = [w for r in run.model.body.rnns for w in state_widths(r)]
         labels = None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "tokenizer.json").unlink(missing_ok=True)  # until all the files are new
-    atomic_write(out_dir / "model.onnx", lambda tmp: onnx.save(model, tmp))
-    write_text(out_dir / "vocab.json", json.dumps(run.vocab, ensure_ascii=False) + "\n")
-    if labels is not None:
-        write_text(out_dir / "labels.json", json.dumps(labels, indent=1) + "\n")
-    else:  # a classifier exported here before (--force) leaves no labels behind
-        (out_dir / "labels.json").unlink(missing_ok=True)
-    written = ["model.onnx", "vocab.json"] + (["labels.json"] if labels is not None else [])
-    settings["sha256"] = {name: file_sha256(out_dir / name) for name in written}
-    write_text(out_dir / "tokenizer.json", json.dumps(settings, indent=1) + "\n")
+
+    def write(folder: Path) -> None:
+        atomic_write(folder / "model.onnx", lambda tmp: onnx.save(model, tmp))
+        write_text(folder / "vocab.json", json.dumps(run.vocab, ensure_ascii=False) + "\n")
+        if labels is not None:
+            write_text(folder / "labels.json", json.dumps(labels, indent=1) + "\n")
+        written = ["model.onnx", "vocab.json"] + (["labels.json"] if labels is not None else [])
+        settings["sha256"] = {name: file_sha256(folder / name) for name in written}
+        write_text(folder / "tokenizer.json", json.dumps(settings, indent=1) + "\n")
+
+    # a new folder renamed into place: a failed or killed export keeps the earlier one whole
+    atomic_folder(out_dir, write, check=lambda: check_replaceable(out_dir, **replaceable))
     return out_dir
 
 

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {why}", file=sys.stderr)
         return 2
     from fastulm.devices import resolve_device
+    from fastulm.files import write_text
     from fastulm.generation import NonFiniteError, generate_text
     from fastulm.run_reader import load_run
     from fastulm.weights import CheckpointError
@@ -72,19 +73,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.run_dir}: a {run.kind} run, not a language model")
         for i in range(args.n_samples):
             seed = None if args.seed is None else args.seed + i
-            print(
-                generate_text(
-                    run.model,
-                    run.vocab,
-                    args.prompt,
-                    args.n_words,
-                    args.temperature,
-                    args.n_sentences,
-                    no_unk=not args.allow_unk,
-                    min_p=args.min_p,
-                    seed=seed,
-                )
+            text = generate_text(
+                run.model,
+                run.vocab,
+                args.prompt,
+                args.n_words,
+                args.temperature,
+                args.n_sentences,
+                no_unk=not args.allow_unk,
+                min_p=args.min_p,
+                seed=seed,
             )
+            write_text("-", text + "\n")  # a full disk is an error, not a lost line
     except NonFiniteError as err:
         print(f"error: {args.run_dir}: {err}", file=sys.stderr)
         return 1

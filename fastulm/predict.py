@@ -305,13 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         pred = predict_runs([args.run_dir, *args.also], texts, args)
         if out is not None:
             write_text(out, _csv_text(ids, args.id_col or "id", pred))
+        else:
+            cells = ", ".join(f"{n}: {p:.4f}" for n, p in zip(pred.names, pred.probs[0].tolist()))
+            write_text("-", f"{pred.labels[0] or '(no label)'}  ({cells})\n")
     except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if out is None:
-        cells = ", ".join(f"{n}: {p:.4f}" for n, p in zip(pred.names, pred.probs[0].tolist()))
-        print(f"{pred.labels[0] or '(no label)'}  ({cells})")
-    else:
+    if out is not None:
         where = "standard output" if out == "-" else out
         print(f"wrote {len(pred.labels)} predictions to {where}", file=sys.stderr)
     return 0

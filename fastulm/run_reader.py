@@ -38,11 +38,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.json; train first)")
-    try:
-        config = json.loads(cfg_path.read_text())
-        vocab = json.loads((run_dir / "vocab.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{run_dir}: unreadable run files ({err})") from None
+    config = _read_json(cfg_path)
+    vocab = _read_json(run_dir / "vocab.json")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_path}: not a fastulm run config")
     kind, n_classes = config.get("kind"), config.get("n_classes")
@@ -72,6 +69,15 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     load_weights(model, run_dir / "model.safetensors")
     model.to(device).eval()
     return Run(kind, model, vocab, names, config)
+
+
+def _read_json(path: Path) -> Any:
+    """A run's JSON file; a missing, cut-off or non-UTF-8 one is an error naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise CheckpointError(f"{path}: unreadable ({reason})") from None
 
 
 def _check_sizes(model: nn.Module, run_dir: Path, kind: str) -> None:

@@ -128,13 +128,14 @@ def _vocab_options(args: argparse.Namespace):
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, check) -> None:
     if args.show is not None:
         from fastulm.data.corpus import open_corpus
+        from fastulm.files import write_text
 
         corpus = open_corpus(args.show)
         splits = [args.split] if args.split else corpus.split_names
         for name in splits:
             if name not in corpus:
                 raise DataError(f"{args.show}: no split {name!r} (has {corpus.split_names})")
-            print(corpus.show(name, n=args.n))
+            write_text("-", corpus.show(name, n=args.n) + "\n")
         return
     if args.vocab and args.vocab_from:
         parser.error("--vocab and --vocab-from exclude each other")

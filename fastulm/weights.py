@@ -8,6 +8,7 @@ imported where used, so that the torch-free ONNX path can name ``CheckpointError
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,16 +36,21 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     """Model weights as safetensors (shared tensors such as the tied decoder stored once)."""
     from safetensors.torch import save_model
 
-    def write(tmp: str) -> None:
-        try:
-            save_model(_unwrap(model), tmp)
-        except Exception as err:  # safetensors reports a full disk as its own error type
-            if isinstance(err, OSError):
-                raise
-            raise OSError(error_summary(err)) from None
-        seal_safetensors(tmp)
+    atomic_write(path, lambda tmp: write_sealed(tmp, lambda: save_model(_unwrap(model), tmp)))
 
-    atomic_write(path, write)
+
+def write_sealed(tmp: str, save: Callable[[], object]) -> None:
+    """Run ``save()`` (which writes a safetensors file at ``tmp``), then seal ``tmp``.
+
+    safetensors reports a full disk as its own error type; it becomes an ``OSError`` here,
+    so that ``atomic_write`` names the file instead of a traceback escaping."""
+    try:
+        save()
+    except OSError:
+        raise
+    except Exception as err:
+        raise OSError(error_summary(err)) from None
+    seal_safetensors(tmp)
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:

@@ -32,7 +32,7 @@ import pyarrow as pa
 from fastulm.checksums import file_sha256
 from fastulm.data import DataError
 from fastulm.data.vocab import Vocab
-from fastulm.files import check_replaceable
+from fastulm.files import WriteError, cannot_write, check_replaceable
 
 try:
     import fcntl
@@ -121,8 +121,11 @@ def split_batch(
 
 def write_arrow(path: Path, batch: pa.RecordBatch) -> str:
     """Write ``batch`` as an Arrow IPC file; its sha256 (read back from the page cache)."""
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
-        writer.write_batch(batch)
+    try:
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+    except OSError as err:  # pyarrow's message names no file
+        raise cannot_write(path, err) from None
     return file_sha256(path)
 
 
@@ -293,6 +296,9 @@ class OutputDir:
         if self.tmp.exists():
             self.discard()
         self._release()
+        if isinstance(exc, WriteError) and str(self.tmp) in str(exc):
+            # name the folder the user asked for, not our temporary one
+            raise WriteError(str(exc).replace(str(self.tmp), str(self.path))) from None
 
 
 def write_corpus(

@@ -141,14 +141,27 @@ class WorkerPool:
 
         self.factory = factory or default_tokenizer
         self.n_children = n_children
-        self._pool = ProcessPoolExecutor(
-            n_children,
-            mp.get_context("spawn"),
-            initializer=_worker_init,
-            initargs=(self.factory, True, threading.current_thread() is threading.main_thread()),
-        )
-        for _ in range(n_children):  # one process is started per task while none is idle
-            self._pool.submit(int)
+        try:
+            self._pool = ProcessPoolExecutor(
+                n_children,
+                mp.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(
+                    self.factory,
+                    True,
+                    threading.current_thread() is threading.main_thread(),
+                ),
+            )
+            for _ in range(n_children):  # one process is started per task while none is idle
+                self._pool.submit(int)
+        except OSError as err:  # its locks live in /dev/shm, which may be full
+            if hasattr(self, "_pool"):
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            n = f"{n_children} tokenizer process" + ("es" if n_children > 1 else "")
+            why = err.strerror if err.errno else None  # glibc may leave errno 0 ("Error")
+            raise OSError(
+                f"cannot start {n} ({why or 'no room for its locks'}); try --workers 1"
+            ) from None
         _widen_pipes(self._pool)
         self._procs = list(self._pool._processes.values())
 

@@ -15,10 +15,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fastulm.checksums import DamagedFileError, seal_safetensors, verify_safetensors
+from fastulm.checksums import DamagedFileError, verify_safetensors
 from fastulm.files import atomic_write
 from fastulm.model.awd_lstm import AWDLSTM
 from fastulm.model.config import AWDLSTMConfig
+from fastulm.weights import write_sealed
 
 FORMAT = "fastulm-encoder-1"
 VOCAB_KEY = "fastulm_vocab_sha256"
@@ -68,8 +69,7 @@ def save_encoder(model: nn.Module, path: str | Path, vocab: list[str]) -> Path:
     pair = {VOCAB_KEY: _vocab_digest(list(vocab))}
 
     def write_weights(tmp: str) -> None:
-        save_file(tensors, tmp, metadata=pair)
-        seal_safetensors(tmp)
+        write_sealed(tmp, lambda: save_file(tensors, tmp, metadata=pair))
 
     atomic_write(js_path, lambda tmp: Path(tmp).write_text(json.dumps(meta), encoding="utf-8"))
     atomic_write(st_path, write_weights)

@@ -33,12 +33,18 @@ from fastulm.weights import (  # noqa: F401
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
     """``state`` with its checksum, atomically; a full disk is a ``WriteError`` naming
-    ``path`` (torch.save given a file object passes the OSError on)."""
+    ``path``. torch.save's zip writer, closing after a failed write, raises its own
+    RuntimeError ("unexpected pos") over the OSError: the OSError is what happened."""
     sealed = seal_state(state)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            torch.save(sealed, f)
+            try:
+                torch.save(sealed, f)
+            except RuntimeError as err:
+                if isinstance(err.__context__, OSError):
+                    raise err.__context__ from None
+                raise
 
     atomic_write(path, write)
 

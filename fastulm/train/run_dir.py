@@ -18,8 +18,9 @@ RUN_DIR/
 ```
 
 Every file is written to a temporary name and renamed, so a killed run never leaves half a
-file; predict and generate need only config.json, vocab.json and model.safetensors, and read
-them with ``fastulm.run_reader.load_run`` (outside the trainer).
+file (``--resume`` removes the temporary files it left); predict and generate need only
+config.json, vocab.json and model.safetensors, and read them with
+``fastulm.run_reader.load_run`` (outside the trainer).
 
 ``prepare_run_dir`` guards the folder before any work: training into an earlier run needs
 ``--resume`` or ``--force``, and ``--force`` clears only a folder that holds nothing but a
@@ -125,8 +126,10 @@ def prepare_run_dir(
             _clear_run(run_dir)
     elif run_dir.exists() and not run_dir.is_dir():
         raise WriteError(f"{run_dir}: exists and is not a folder")
-    elif resume and run_dir.is_dir() and any(run_dir.iterdir()) and not_a_run(run_dir):
-        raise WriteError(f"{run_dir}: is not a fastulm run directory; nothing to resume")
+    elif resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        if not_a_run(run_dir):
+            raise WriteError(f"{run_dir}: is not a fastulm run directory; nothing to resume")
+        _remove_leftovers(run_dir)
     made = [p for p in (*reversed(run_dir.parents), run_dir) if not p.exists()]
     if not (run_dir / "checkpoints").exists():
         made.append(run_dir / "checkpoints")
@@ -141,6 +144,18 @@ def prepare_run_dir(
                 f"{folder}: cannot write the run here ({err.strerror or err})"
             ) from None
     return made
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """The temporary files of writes a killed run never finished (a checkpoint's is as
+    large as the checkpoint): nothing reads them, and no one else removes them."""
+    for folder in (run_dir, *(run_dir / sub for sub in SUB_FILES)):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if _is_leftover(entry.name) and entry.is_file() and not entry.is_symlink():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
 
 
 def remove_if_empty(folders: list[Path]) -> None:
