@@ -226,80 +226,132 @@ def check_replaceable(
         raise WriteError(f"{path}: a {what} is already there (use --force to replace it)")
 
 
+class StagedFolder:
+    """A folder filled under a temporary name beside ``path`` and renamed to it on ``commit``.
+
+    The temporary folder, ``.NAME.tmp-XXXX``, is ``flock``-ed while this object lives, so a
+    later run tells a killed run's leftovers (unlocked) from a live run's, and removes them.
+    ``check()``, when given, says whether ``path`` may be replaced; it runs on commit too,
+    since what appeared at ``path`` during a long job is refused as it would have been at
+    the start. Leaving the ``with`` block without a commit removes the temporary folder, and
+    a ``WriteError`` naming it is told in terms of ``path``."""
+
+    def __init__(self, path: str | os.PathLike, check: Callable[[], object] | None = None):
+        self._check = check
+        if check is not None:
+            check()
+        self.path = Path(path)
+        if self.path.name in ("", ".."):  # "." or "..": the temporary goes beside it, by name
+            self.path = Path(os.path.realpath(self.path))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The folder above is locked too, so no other run's sweep sees our temporary between
+        # its creation and its lock.
+        above = _lock(self.path.parent, wait=True)
+        try:
+            if above is not None:
+                _sweep(self.path)
+            self.tmp = Path(
+                tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
+            )
+            self._lock = _lock(self.tmp)
+        finally:
+            _unlock(above)
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
+
+    def commit(self) -> Path:
+        """Rename the finished folder to ``path``. An earlier one is moved aside (locked, so no
+        sweep takes it meanwhile), put back if the rename fails, and removed after."""
+        old = old_lock = None
+        if self._check is not None:
+            self._check()
+        try:
+            if self.path.exists() or self.path.is_symlink():
+                old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
+                old_lock = _lock(self.path)
+                os.replace(self.path, old)
+            try:
+                os.replace(self.tmp, self.path)
+            except OSError:
+                if old is not None:
+                    os.replace(old, self.path)
+                raise
+            if old is not None:
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink(missing_ok=True)
+        except WriteError:
+            raise
+        except OSError as err:
+            raise WriteError(
+                f"{self.path}: cannot put the new folder in place ({_reason(err)})"
+            ) from None
+        finally:
+            _unlock(old_lock)
+        self._release()
+        return self.path
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        _unlock(self._lock)
+        self._lock = None
+
+    def __enter__(self) -> StagedFolder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp.exists():
+            self.discard()
+        self._release()
+        if isinstance(exc, WriteError) and str(self.tmp) in str(exc):
+            # name the folder the user asked for, not our temporary one
+            raise WriteError(str(exc).replace(str(self.tmp), str(self.path))) from None
+
+
 def atomic_folder(
     path: str | os.PathLike,
     write: Callable[[Path], object],
     check: Callable[[], object] | None = None,
 ) -> None:
-    """Have ``write(tmp)`` fill a new folder, then put it at ``path`` by renaming it.
+    """Have ``write(tmp)`` fill a new folder, then put it at ``path`` (``StagedFolder``).
 
-    ``tmp`` is ``.NAME.tmp-XXXX`` beside ``path``, locked while this runs. On any failure
-    it is removed and ``path`` is as it was; an error names ``path``, not ``tmp``. When the
-    folder is complete, ``check()`` runs (``path`` may have changed meanwhile), the earlier
-    folder at ``path`` is moved aside, the new one renamed in (the old one put back if that
-    fails) and the old one removed. A killed run's temporary folder, which nothing holds
-    locked, is removed by the next call for the same ``path``."""
-    path = Path(path)
-    if path.name in ("", ".."):  # the temporary goes beside the folder, by its name
-        path = Path(os.path.realpath(path))
+    On any failure ``path`` is as it was, and an error names ``path``, not ``tmp``."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp, lock = _new_folder(path)
+        target = StagedFolder(path, check)
+    except WriteError:
+        raise
     except OSError as err:
         raise cannot_write(path, err) from None
-    try:
+    with target:
         try:
-            write(tmp)
-        except OSError as err:
-            message = (
-                str(err) if isinstance(err, WriteError) else f"{tmp}: cannot write ({_reason(err)})"
-            )
-            raise WriteError(message.replace(str(tmp), str(path))) from None
-        if check is not None:
-            check()
-        _swap_in(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the swap succeeded
-        _unlock(lock)
-
-
-def _new_folder(path: Path) -> tuple[Path, int | None]:
-    """A locked temporary folder beside ``path``, after removing the unlocked ones killed
-    runs left there. The folder above is locked meanwhile, so that no other run's sweep
-    sees the new folder between its creation and its lock."""
-    above = _lock(path.parent, wait=True)
-    try:
-        prefix = f".{path.name}.tmp-"
-        for entry in path.parent.iterdir():
-            if entry.name.startswith(prefix) and entry.is_dir() and not entry.is_symlink():
-                held = _lock(entry)
-                if held is not None:
-                    shutil.rmtree(entry, ignore_errors=True)
-                    _unlock(held)
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-        lock = _lock(tmp)
-    finally:
-        _unlock(above)
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
-    return tmp, lock
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    old = None
-    try:
-        if path.exists() or path.is_symlink():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.rename(path, old)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if old is not None:
-                os.rename(old, path)
+            write(target.tmp)
+        except WriteError:
             raise
-    except OSError as err:
-        raise WriteError(f"{path}: cannot put the new folder in place ({_reason(err)})") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        except OSError as err:
+            raise cannot_write(target.tmp, err) from None
+        target.commit()
+
+
+def _sweep(path: Path) -> None:
+    """Remove the ``.NAME.tmp-*`` and ``.NAME.old-*`` folders beside ``path`` that no live
+    run holds locked: what a killed run (kill -9, a crash) left behind."""
+    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
+    try:
+        with os.scandir(path.parent) as it:
+            stale = [e.path for e in it if e.name.startswith(prefixes)]
+    except OSError:
+        return
+    for folder in stale:
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            fd = _lock(Path(folder))
+            if fd is not None:
+                try:
+                    shutil.rmtree(folder, ignore_errors=True)
+                finally:
+                    _unlock(fd)
 
 
 def _umask() -> int:

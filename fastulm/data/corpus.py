@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,12 +30,7 @@ import pyarrow as pa
 from fastulm.checksums import file_sha256
 from fastulm.data import DataError
 from fastulm.data.vocab import Vocab
-from fastulm.files import WriteError, cannot_write, check_replaceable
-
-try:
-    import fcntl
-except ImportError:  # no flock (Windows): temporaries of killed runs are not swept
-    fcntl = None
+from fastulm.files import StagedFolder, cannot_write, check_replaceable
 
 FORMAT = "fastulm-corpus-1"
 PART_FORMAT = "fastulm-part-1"  # a shard's part folder (see parts.py)
@@ -172,54 +165,11 @@ def not_written_by_fastulm(path: Path) -> str | None:
     return None
 
 
-def _lock_dir(path: Path, wait: bool = False) -> int | None:
-    """A descriptor holding an exclusive ``flock`` on the folder ``path``; None when another
-    process holds one (or the folder or file system cannot be locked)."""
-    if fcntl is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _unlock(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)  # closing the descriptor drops the lock
-
-
-def _sweep(path: Path) -> None:
-    """Remove the ``.{name}.tmp-*`` and ``.{name}.old-*`` folders beside ``path`` that no
-    live run holds locked: what a killed run (kill -9, a crash) left behind."""
-    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
-    try:
-        with os.scandir(path.parent) as it:
-            stale = [e.path for e in it if e.name.startswith(prefixes)]
-    except OSError:
-        return
-    for folder in stale:
-        if os.path.isdir(folder) and not os.path.islink(folder):
-            fd = _lock_dir(Path(folder))
-            if fd is not None:
-                try:
-                    shutil.rmtree(folder, ignore_errors=True)
-                finally:
-                    _unlock(fd)
-
-
-class OutputDir:
-    """A folder written under a temporary name and renamed to ``path`` on ``commit``.
+class OutputDir(StagedFolder):
+    """A corpus or shard part written as a ``files.StagedFolder``.
 
     ``path`` must be absent or an empty folder, or (with ``force``) a corpus or part fastulm
-    wrote; never one of ``sources`` or a folder holding one (``files.check_replaceable``). The
-    temporary folder is ``flock``-ed while this object lives, so a later run tells a killed
-    run's leftovers (unlocked) from a live run's, and removes them.
+    wrote; never one of ``sources`` or a folder holding one (``files.check_replaceable``).
     """
 
     def __init__(
@@ -230,75 +180,8 @@ class OutputDir:
         what: str = "corpus",
     ):
         local = [s for s in sources if not str(s).startswith(("http://", "https://"))]
-        self._check = dict(force=force, foreign=not_written_by_fastulm, what=what, sources=local)
-        check_replaceable(path, **self._check)
-        self.path = Path(path)
-        if self.path.name in ("", ".."):  # "." or "..": the temporary goes beside it, by name
-            self.path = Path(os.path.realpath(self.path))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The folder above is locked too, so no other run's sweep sees our temporary between
-        # its creation and its lock.
-        above = _lock_dir(self.path.parent, wait=True)
-        try:
-            if above is not None:
-                _sweep(self.path)
-            self.tmp = Path(
-                tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
-            )
-            self._lock = _lock_dir(self.tmp)
-        finally:
-            _unlock(above)
-        umask = os.umask(0)
-        os.umask(umask)
-        self.tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
-
-    def commit(self) -> Path:
-        """Rename the finished folder to ``path``. An earlier one is moved aside (locked, so no
-        sweep takes it meanwhile), put back if the rename fails, and removed after.
-
-        ``path`` is checked again first: what appeared there during a long job (a user's
-        files, another folder) is refused as it would have been at the start."""
-        old = old_lock = None
-        check_replaceable(self.path, **self._check)
-        try:
-            if self.path.exists() or self.path.is_symlink():
-                old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
-                old_lock = _lock_dir(self.path)
-                os.replace(self.path, old)
-            try:
-                os.replace(self.tmp, self.path)
-            except OSError:
-                if old is not None:
-                    os.replace(old, self.path)
-                raise
-            if old is not None:
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    old.unlink(missing_ok=True)
-        finally:
-            _unlock(old_lock)
-        self._release()
-        return self.path
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self._release()
-
-    def _release(self) -> None:
-        _unlock(self._lock)
-        self._lock = None
-
-    def __enter__(self) -> OutputDir:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.tmp.exists():
-            self.discard()
-        self._release()
-        if isinstance(exc, WriteError) and str(self.tmp) in str(exc):
-            # name the folder the user asked for, not our temporary one
-            raise WriteError(str(exc).replace(str(self.tmp), str(self.path))) from None
+        rules = dict(force=force, foreign=not_written_by_fastulm, what=what, sources=local)
+        super().__init__(path, check=lambda: check_replaceable(path, **rules))
 
 
 def write_corpus(
