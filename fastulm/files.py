@@ -248,8 +248,8 @@ class StagedFolder:
         # its creation and its lock.
         above = _lock(self.path.parent, wait=True)
         try:
-            if above is not None:
-                _sweep(self.path)
+            if above is not None and _sweep(self.path) and check is not None:
+                check()  # an earlier folder was put back at path
             self.tmp = Path(
                 tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
             )
@@ -335,23 +335,32 @@ def atomic_folder(
         target.commit()
 
 
-def _sweep(path: Path) -> None:
-    """Remove the ``.NAME.tmp-*`` and ``.NAME.old-*`` folders beside ``path`` that no live
-    run holds locked: what a killed run (kill -9, a crash) left behind."""
+def _sweep(path: Path) -> bool:
+    """Clear what killed runs (kill -9, a crash) left beside ``path``: the ``.NAME.tmp-*``
+    and ``.NAME.old-*`` folders that no live run holds locked. An ``.old-`` folder is the
+    earlier ``path`` a run moved aside; killed before it renamed its new folder in, it left
+    no ``path``, and that folder is put back (True) rather than removed."""
     prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
     try:
         with os.scandir(path.parent) as it:
-            stale = [e.path for e in it if e.name.startswith(prefixes)]
+            stale = sorted(e.path for e in it if e.name.startswith(prefixes))
     except OSError:
-        return
+        return False
+    restored = False
     for folder in stale:
         if os.path.isdir(folder) and not os.path.islink(folder):
             fd = _lock(Path(folder))
             if fd is not None:
                 try:
-                    shutil.rmtree(folder, ignore_errors=True)
+                    is_old = Path(folder).name.startswith(prefixes[1])
+                    if is_old and not (path.exists() or path.is_symlink()):
+                        os.replace(folder, path)
+                        restored = True
+                    else:
+                        shutil.rmtree(folder, ignore_errors=True)
                 finally:
                     _unlock(fd)
+    return restored
 
 
 def _umask() -> int:

@@ -273,3 +273,20 @@ def test_a_killed_export_keeps_the_earlier_one_and_the_next_run_sweeps(clas, tmp
     finally:
         live.kill()
         live.wait(TIMEOUT)
+
+
+def test_an_export_moved_aside_by_a_killed_run_is_put_back(clas, tmp_path):
+    """Killed between moving the earlier export aside and renaming the new one in: the next
+    run puts the earlier one back (it used to sweep it away as a leftover)."""
+    pytest.importorskip("onnx")
+    from fastulm import export, inference
+    from fastulm.files import WriteError
+
+    out = tmp_path / "export"
+    export.export_run(clas, out)
+    before = files(out)
+    os.replace(out, tmp_path / ".export.old-99999")
+    with pytest.raises(WriteError, match="a model export is already there"):
+        export.export_run(clas, out)
+    assert files(out) == before and leftovers(out) == []
+    inference.load(out)

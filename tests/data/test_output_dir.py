@@ -101,7 +101,7 @@ def test_current_folder_as_out(tmp_path, monkeypatch):
 
 
 def test_stale_temporaries_are_swept_and_nothing_else(tmp_path):
-    stale = [tmp_path / ".out.tmp-xyz", tmp_path / ".out.old-12345"]
+    stale = [tmp_path / ".out.tmp-xyz", tmp_path / ".out.tmp-abc"]
     for folder in stale:
         folder.mkdir()
         (folder / "train.arrow").write_bytes(b"half a file")
@@ -115,6 +115,38 @@ def test_stale_temporaries_are_swept_and_nothing_else(tmp_path):
     assert all(p.is_dir() for p in keep)
     assert (tmp_path / ".out.tmp-file").read_text() == "a file, not a folder"
     assert (tmp_path / ".out.old-link").is_symlink()
+
+
+def _killed_between_the_renames(out):
+    """What a run killed after moving ``out`` aside, before renaming its new one in, left."""
+    old = out.with_name(f".{out.name}.old-99999")
+    os.replace(out, old)
+    new = out.with_name(f".{out.name}.tmp-new")
+    new.mkdir()
+    (new / "meta.json").write_text("{}")
+    return old
+
+
+def test_an_earlier_corpus_moved_aside_by_a_killed_run_is_put_back(tmp_path):
+    out = _write(tmp_path / "c")
+    _killed_between_the_renames(out)
+    with pytest.raises(WriteError, match=r"a corpus is already there \(use --force"):
+        _write(out, docs=[(2, 9, 9, 9)])
+    assert open_corpus(out)["train"].ids.tolist() == [2, 9, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    _write(out, docs=[(2, 9, 9, 9)], force=True)
+    assert open_corpus(out)["train"].ids.tolist() == [2, 9, 9, 9]
+
+
+def test_an_earlier_corpus_left_aside_after_the_new_one_is_in_is_removed(tmp_path):
+    """Killed while removing the earlier folder: the new one stands, the old one goes."""
+    out = _write(tmp_path / "c")
+    old = tmp_path / ".c.old-99999"
+    old.mkdir()
+    (old / "train.arrow").write_bytes(b"the corpus before")
+    _write(out, docs=[(2, 9, 9, 9)], force=True)
+    assert open_corpus(out)["train"].ids.tolist() == [2, 9, 9, 9]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
 def test_a_live_runs_temporary_is_kept(tmp_path):
