@@ -246,16 +246,16 @@ class StagedFolder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # The folder above is locked too, so no other run's sweep sees our temporary between
         # its creation and its lock.
-        above = _lock(self.path.parent, wait=True)
+        above = lock_folder(self.path.parent, wait=True)
         try:
             if above is not None and _sweep(self.path) and check is not None:
                 check()  # an earlier folder was put back at path
             self.tmp = Path(
                 tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
             )
-            self._lock = _lock(self.tmp)
+            self._lock = lock_folder(self.tmp)
         finally:
-            _unlock(above)
+            unlock_folder(above)
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
 
     def commit(self) -> Path:
@@ -267,7 +267,7 @@ class StagedFolder:
         try:
             if self.path.exists() or self.path.is_symlink():
                 old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
-                old_lock = _lock(self.path)
+                old_lock = lock_folder(self.path)
                 os.replace(self.path, old)
             try:
                 os.replace(self.tmp, self.path)
@@ -287,7 +287,7 @@ class StagedFolder:
                 f"{self.path}: cannot put the new folder in place ({_reason(err)})"
             ) from None
         finally:
-            _unlock(old_lock)
+            unlock_folder(old_lock)
         self._release()
         return self.path
 
@@ -296,7 +296,7 @@ class StagedFolder:
         self._release()
 
     def _release(self) -> None:
-        _unlock(self._lock)
+        unlock_folder(self._lock)
         self._lock = None
 
     def __enter__(self) -> StagedFolder:
@@ -349,7 +349,7 @@ def _sweep(path: Path) -> bool:
     restored = False
     for folder in stale:
         if os.path.isdir(folder) and not os.path.islink(folder):
-            fd = _lock(Path(folder))
+            fd = lock_folder(Path(folder))
             if fd is not None:
                 try:
                     is_old = Path(folder).name.startswith(prefixes[1])
@@ -359,7 +359,7 @@ def _sweep(path: Path) -> bool:
                     else:
                         shutil.rmtree(folder, ignore_errors=True)
                 finally:
-                    _unlock(fd)
+                    unlock_folder(fd)
     return restored
 
 
@@ -369,7 +369,7 @@ def _umask() -> int:
     return umask
 
 
-def _lock(folder: Path, wait: bool = False) -> int | None:
+def lock_folder(folder: Path, wait: bool = False) -> int | None:
     """A descriptor holding an exclusive ``flock`` on ``folder``; None when another process
     holds one, or the folder cannot be locked."""
     if fcntl is None:
@@ -386,6 +386,6 @@ def _lock(folder: Path, wait: bool = False) -> int | None:
     return fd
 
 
-def _unlock(fd: int | None) -> None:
+def unlock_folder(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)  # closing the descriptor drops the lock

@@ -380,3 +380,68 @@ def test_force_looks_inside_a_runs_subfolders(corpus, tmp_path, capsys, mine):
     assert train_main(argv) == 0
     assert (run / "predictions.csv").read_text().startswith("id,label")
     assert not (run / "models").exists()
+
+
+# ------------------------------------------------------------------ --force keeps the earlier run
+# until the new one has a checkpoint or its model
+
+
+def test_force_gives_the_earlier_run_back_when_the_new_one_fails_early(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "1"]) == 0
+    (run / "predictions.csv").write_text("id,label\n1,neg\n")
+    before = _files(run)
+    capsys.readouterr()
+    # the memory plan fails after the run folder was prepared, before any checkpoint
+    argv = ["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "1", "--seed", "1", "--force"]
+    assert train_main([*argv, "--max-memory", "1KiB"]) == 1
+    assert "memory" in _err_line(capsys)
+    assert _files(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing left aside
+    assert train_main(argv) == 0  # a run that gets somewhere replaces it
+    assert _files(run)["model.safetensors"] != before["model.safetensors"]
+    assert (run / "predictions.csv").read_text() == "id,label\n1,neg\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+KILLED_FORCE = """
+import os, signal, sys
+from pathlib import Path
+from fastulm.train.run_dir import prepare_run_dir
+
+run = Path(sys.argv[1])
+prepare_run_dir(run, force=True)
+(run / "train_args.json").write_text("{}")  # the new run started ...
+if sys.argv[2] == "checkpoint":  # ... and got as far as a checkpoint
+    (run / "checkpoints" / "last.pt").write_bytes(b"the new run's")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("got_to", ["nowhere", "checkpoint"])
+def test_a_killed_force_run_is_settled_by_the_next_start(corpus, tmp_path, capsys, got_to):
+    run = tmp_path / "run"
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "0"]) == 0
+    before = _files(run)
+    proc = subprocess.run([sys.executable, "-c", KILLED_FORCE, str(run), got_to])
+    assert proc.returncode == -signal.SIGKILL
+    aside = [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.old-")]
+    assert len(aside) == 1  # the earlier run, set aside
+    capsys.readouterr()
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "0"]) == 1
+    assert "use --force" in _err_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    if got_to == "nowhere":  # the earlier run is back, whole
+        assert _files(run) == before
+    else:  # the killed run had a checkpoint: it stands, to be resumed
+        assert (run / "checkpoints" / "last.pt").read_bytes() == b"the new run's"
+        assert "model.safetensors" not in _files(run)
+
+
+def test_a_folder_aside_that_is_not_a_run_is_left_alone(corpus, tmp_path):
+    mine = tmp_path / ".run.old-7"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    run = tmp_path / "run"
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "0"]) == 0
+    assert (mine / "notes.txt").read_text() == "mine"

@@ -192,7 +192,7 @@ def run(args, stop=None) -> int:
 
     from fastulm.train import distributed as ddp
     from fastulm.train.presets import get_preset
-    from fastulm.train.run_dir import prepare_run_dir, remove_if_empty
+    from fastulm.train.run_dir import PreparedRun, prepare_run_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,18 +203,22 @@ def run(args, stop=None) -> int:
     # mapped onto this corpus's vocab)
     stages = [s for s in _stages(args, recipe) if s.epochs > 0]
     run_dir = Path(args.run_dir)
-    made = []
+    prepared = PreparedRun(run_dir)
     if ctx.is_main:  # before any work: a refused or unwritable RUN_DIR costs nothing
         inputs = [args.corpus, *(getattr(args, "pretrained", None) or [])]
         if getattr(args, "encoder", None):
             encoder = _encoder_path(args.encoder)
             inputs += [encoder.with_name(encoder.name + ext) for ext in (".safetensors", ".json")]
-        made = prepare_run_dir(run_dir, force=args.force, resume=args.resume, sources=inputs)
+        prepared = prepare_run_dir(run_dir, force=args.force, resume=args.resume, sources=inputs)
+    # the earlier run (--force) goes only when this one has progress, else comes back; a run
+    # that failed before writing anything leaves no folder
     try:
-        return _train(args, stop, ctx, preset, recipe, stages, run_dir)
+        code = _train(args, stop, ctx, preset, recipe, stages, run_dir)
     except BaseException:
-        remove_if_empty(made)  # a run that failed before writing anything leaves no folder
+        prepared.settle(failed=True)
         raise
+    prepared.settle(failed=False)
+    return code
 
 
 def _train(args, stop, ctx, preset, recipe, stages, run_dir: Path) -> int:

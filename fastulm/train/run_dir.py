@@ -23,8 +23,11 @@ config.json, vocab.json and model.safetensors, and read them with
 ``fastulm.run_reader.load_run`` (outside the trainer).
 
 ``prepare_run_dir`` guards the folder before any work: training into an earlier run needs
-``--resume`` or ``--force``, and ``--force`` clears only a folder that holds nothing but a
-run's own files (anything else in it is the user's, and is never deleted).
+``--resume`` or ``--force``, and ``--force`` replaces only a folder that holds nothing but a
+run's own files (anything else in it is the user's, and is never deleted). The earlier run
+is not deleted up front: its files are moved aside, to ``.RUN_DIR.old-PID`` beside it, and
+removed only once the new run has something to show (a checkpoint or its model); a run that
+fails or is killed before that gets the earlier one back (on its next start, if killed).
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from fastulm.files import WriteError, atomic_write, check_replaceable
+from fastulm.files import WriteError, atomic_write, check_replaceable, lock_folder, unlock_folder
 from fastulm.run_reader import FORMAT
 from fastulm.weights import save_weights
 
@@ -70,12 +75,20 @@ def not_a_run(path: str | Path) -> str | None:
     """What makes ``path`` something other than a run folder (None: it is one, holding a
     run's files and nothing else, in its sub-folders too)."""
     path = Path(path)
+    other = _not_run_files(path)
+    if other is not None:
+        return other
+    if not any((path / m).exists() for m in MARKERS):
+        return "no config.json or train_args.json"
+    return None
+
+
+def _not_run_files(path: Path) -> str | None:
+    """The first thing in ``path`` that a run does not write (None: only a run's files)."""
     names = sorted(p.name for p in path.iterdir())
     other = [n for n in names if n not in RUN_FILES and not _is_leftover(n)]
     if other:
         return f"it holds {other[0]!r}"
-    if not any(m in names for m in MARKERS):
-        return "no config.json or train_args.json"
     for name in names:
         entry = path / name
         if name not in SUB_FILES and (entry.is_dir() and not entry.is_symlink()):
@@ -94,8 +107,8 @@ def not_a_run(path: str | Path) -> str | None:
 
 
 def _clear_run(run_dir: Path) -> None:
-    """Remove an earlier run's files (``not_a_run`` has found nothing else there). An old
-    run's ``predictions.csv`` stays: it is the user's output, not the run's."""
+    """Remove a run's files (``not_a_run`` has found nothing else there). An old run's
+    ``predictions.csv`` stays: it is the user's output, not the run's."""
     for entry in run_dir.iterdir():
         if entry.name == "predictions.csv":
             continue
@@ -107,23 +120,119 @@ def _clear_run(run_dir: Path) -> None:
             entry.unlink()
 
 
+def _has_progress(run_dir: Path) -> bool:
+    """Whether a run has something worth more than the run it replaced: a resume point or
+    its final model."""
+    return (run_dir / "checkpoints" / "last.pt").is_file() or (
+        run_dir / "model.safetensors"
+    ).is_file()
+
+
+def _move_entries(src: Path, dst: Path) -> None:
+    """Move what ``src`` holds into ``dst``, entry by entry (each a rename); what ``dst``
+    already has is left where it is."""
+    for entry in sorted(src.iterdir()):
+        if not (dst / entry.name).exists():
+            os.replace(entry, dst / entry.name)
+
+
+@dataclass
+class PreparedRun:
+    """What ``prepare_run_dir`` did; ``settle()`` when the run ends, however it ends."""
+
+    run_dir: Path
+    made: list[Path] = field(default_factory=list)
+    earlier: Path | None = None  # the earlier run's files, moved aside by --force
+    _lock: int | None = None
+
+    def settle(self, failed: bool) -> None:
+        """Drop the earlier run when the new one has progress, else put it back; when the
+        run failed, remove the folders it made where it wrote nothing into them."""
+        try:
+            if self.earlier is not None:
+                _settle_earlier(self.run_dir, self.earlier)
+        finally:
+            unlock_folder(self._lock)
+            self._lock = None
+        if failed:
+            remove_if_empty(self.made)
+
+
+def _settle_earlier(run_dir: Path, earlier: Path) -> None:
+    if _has_progress(run_dir):
+        shutil.rmtree(earlier, ignore_errors=True)
+        return
+    if run_dir.is_dir():
+        if _not_run_files(run_dir) is not None:
+            return  # something not the run's appeared meanwhile: leave both as they are
+        _clear_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _move_entries(earlier, run_dir)
+    with contextlib.suppress(OSError):
+        earlier.rmdir()
+
+
+def _set_aside(run_dir: Path) -> tuple[Path, int | None]:
+    """Move an earlier run's files (all of them run files: checked) into a locked folder
+    beside ``run_dir``; the folder itself stays (it may be the working directory)."""
+    earlier = run_dir.parent / f".{run_dir.name}.old-{os.getpid()}"
+    earlier.mkdir()
+    lock = lock_folder(earlier)
+    # what shows progress goes first: killed midway, the rest reads as a run that got nowhere
+    first = ("model.safetensors", "checkpoints")
+    for entry in sorted(run_dir.iterdir(), key=lambda e: (e.name not in first, e.name)):
+        if entry.name != "predictions.csv":  # the user's output stays where it is
+            os.replace(entry, earlier / entry.name)
+    return earlier, lock
+
+
+def _recover_earlier(run_dir: Path) -> None:
+    """What a killed ``--force`` run left beside ``run_dir``: an earlier run set aside that
+    no live run holds locked. It is put back when the killed run got nowhere, else removed."""
+    prefix = f".{run_dir.name}.old-"
+    try:
+        aside = sorted(p for p in run_dir.parent.iterdir() if p.name.startswith(prefix))
+    except OSError:
+        return
+    for earlier in aside:
+        if not earlier.is_dir() or earlier.is_symlink() or _not_run_files(earlier) is not None:
+            continue  # not a run fastulm set aside: the user's
+        held = lock_folder(earlier)
+        if held is None:
+            continue  # a live run's
+        try:
+            _settle_earlier(run_dir, earlier)
+        finally:
+            unlock_folder(held)
+
+
 def prepare_run_dir(
     run_dir: str | Path, *, force: bool = False, resume: bool = False, sources=()
-) -> list[Path]:
+) -> PreparedRun:
     """Make ``run_dir`` ready for a training run, or raise ``WriteError`` saying why not.
 
-    Refuses an earlier run unless ``resume`` (continue it) or ``force`` (clear it first),
-    anything that is not a run folder, a folder that is or holds one of the run's inputs
-    (``sources``: the corpus, the encoder, pretrained weights), and a place that cannot be written: a probe file is
-    created and removed, so a read-only or missing disk fails now, not after an epoch.
-    Returns the folders it made, for ``remove_if_empty`` when the run fails early."""
+    Refuses an earlier run unless ``resume`` (continue it) or ``force`` (replace it: its
+    files are set aside until the new run has progress), anything that is not a run folder,
+    a folder that is or holds one of the run's inputs (``sources``: the corpus, the encoder,
+    pretrained weights), and a place that cannot be written: a probe file is created and
+    removed, so a read-only or missing disk fails now, not after an epoch."""
     run_dir = Path(run_dir)
+    if run_dir.name in ("", ".."):
+        run_dir = Path(os.path.realpath(run_dir))
+    if run_dir.parent.is_dir():
+        _recover_earlier(run_dir)
+    prepared = PreparedRun(run_dir)
     if run_dir.exists() and not resume:
         check_replaceable(
             run_dir, force=force, foreign=not_a_run, what="run directory", sources=sources
         )
-        if force and run_dir.is_dir():
-            _clear_run(run_dir)
+        if force and run_dir.is_dir() and any(run_dir.iterdir()):
+            try:
+                prepared.earlier, prepared._lock = _set_aside(run_dir)
+            except OSError as err:
+                raise WriteError(
+                    f"{run_dir}: cannot set the earlier run aside ({err.strerror or err})"
+                ) from None
     elif run_dir.exists() and not run_dir.is_dir():
         raise WriteError(f"{run_dir}: exists and is not a folder")
     elif resume and run_dir.is_dir() and any(run_dir.iterdir()):
@@ -133,17 +242,22 @@ def prepare_run_dir(
     made = [p for p in (*reversed(run_dir.parents), run_dir) if not p.exists()]
     if not (run_dir / "checkpoints").exists():
         made.append(run_dir / "checkpoints")
-    for folder in (run_dir, run_dir / "checkpoints"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as err:
-            raise WriteError(
-                f"{folder}: cannot write the run here ({err.strerror or err})"
-            ) from None
-    return made
+    prepared.made = made
+    try:
+        for folder in (run_dir, run_dir / "checkpoints"):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as err:
+                raise WriteError(
+                    f"{folder}: cannot write the run here ({err.strerror or err})"
+                ) from None
+    except BaseException:
+        prepared.settle(failed=True)
+        raise
+    return prepared
 
 
 def _remove_leftovers(run_dir: Path) -> None:
