@@ -81,6 +81,17 @@ def _one_error_line(capsys):
     return err
 
 
+def test_a_relative_encoder_name_is_a_path_here(small_corpus, tmp_path, capsys, monkeypatch):
+    """It used to be looked up in the new run's models/ (fastai's learn.load_encoder), and
+    the error named RUN/models/NAME.safetensors."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["clas", str(small_corpus), "c", *TINY, "--encoder", "lmrun"]
+    assert train_main(argv) == 1
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: --encoder lmrun: {tmp_path / 'lmrun.safetensors'} not found")
+    assert not (tmp_path / "c").exists()
+
+
 def test_bad_inputs(small_corpus, tmp_path, capsys):
     res = _run("fastulm.train", "lm", str(tmp_path / "nope"), str(tmp_path / "run"), *TINY)
     assert res.returncode == 1  # the real exit status of the command
@@ -91,6 +102,7 @@ def test_bad_inputs(small_corpus, tmp_path, capsys):
     argv = ["clas", str(small_corpus), str(tmp_path / "c"), *TINY, "--encoder", str(tmp_path / "x")]
     assert train_main(argv) == 1
     assert "x.safetensors" in _one_error_line(capsys)
+    assert not (tmp_path / "c").exists()  # refused before the run folder is made
     assert train_main(["lm", str(small_corpus), str(tmp_path / "r"), "--preset", "huge"]) == 1
     assert "unknown preset" in _one_error_line(capsys)
 

@@ -207,6 +207,7 @@ def run(args, stop=None) -> int:
     if ctx.is_main:  # before any work: a refused or unwritable RUN_DIR costs nothing
         inputs = [args.corpus, *(getattr(args, "pretrained", None) or [])]
         if getattr(args, "encoder", None):
+            _check_encoder(args.encoder)
             encoder = _encoder_path(args.encoder)
             inputs += [encoder.with_name(encoder.name + ext) for ext in (".safetensors", ".json")]
         prepared = prepare_run_dir(run_dir, force=args.force, resume=args.resume, sources=inputs)
@@ -388,10 +389,29 @@ def _encoder_arch(args) -> str:
 
 
 def _encoder_path(arg: str) -> Path:
-    path = Path(arg)
+    """``--encoder``: an LM run folder, or an encoder's path with or without its extension.
+    Made absolute: a bare name is a path here, not one of the new run's ``models/``."""
+    path = Path(arg).absolute()
     if path.is_dir():
         path = path / "encoder"
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
     return path
+
+
+def _check_encoder(arg: str) -> None:
+    """Refuse a missing ``--encoder`` before any work, saying what was looked for."""
+    path = _encoder_path(arg)
+    if path.suffix == ".pth":
+        wanted = [path]
+    else:
+        wanted = [path.with_name(path.name + ext) for ext in (".safetensors", ".json")]
+    missing = [p for p in wanted if not p.is_file()]
+    if missing:
+        raise ValueError(
+            f"--encoder {arg}: {missing[0]} not found (give an LM run folder, its "
+            "encoder.safetensors, or a fastai encoder .pth)"
+        )
 
 
 # What --resume may change: how the run is carried out, not what it trains.
