@@ -187,27 +187,43 @@ def test_fastai_get_preds(benchmark, setup):
     RESULTS["fastai"] = r
 
 
-def test_fastulm_predict_file(benchmark, setup):
-    root = setup[0]
+def _fastulm(benchmark, root: Path, precision: str) -> dict:
+    out = root / f"fastulm-{precision}.csv"
     cmd = [sys.executable, "-m", "fastulm.predict", str(root / "run"), "--file"]
-    cmd += [str(root / "texts.csv"), "--out", str(root / "fastulm.csv"), "--no-progress"]
+    cmd += [str(root / "texts.csv"), "--out", str(out), "--no-progress", "--precision", precision]
     r = benchmark.pedantic(_run, args=(cmd,), rounds=1, iterations=1)
     r.pop("stdout")
-    RESULTS["fastulm"] = r
+    return r
+
+
+def test_fastulm_predict_file(benchmark, setup):
+    RESULTS["fastulm"] = _fastulm(benchmark, setup[0], "fp32")
+
+
+def test_fastulm_predict_file_bf16(benchmark, setup):
+    """What ``--precision auto`` gives on a CPU with avx512_bf16 or AMX."""
+    from fastulm.prediction import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16: auto is fp32")
+    RESULTS["fastulm_bf16"] = _fastulm(benchmark, setup[0], "bf16")
+
+
+def _read_preds(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return np.array([[float(v) for v in r[2:]] for r in rows]), np.array([r[1] for r in rows])
 
 
 def test_report(setup):
     root, texts, docs = setup
     lengths = np.array([len(d) for d in docs])
-    if set(RESULTS) != {"fastai", "fastulm"}:
+    if not {"fastai", "fastulm"} <= set(RESULTS):
         pytest.skip("run the whole file: both sides are needed")
     from fastulm.prediction import cpu_has_native_bf16
 
     ref = np.load(root / "fastai.npy")
-    with open(root / "fastulm.csv", newline="") as f:
-        rows = list(csv.reader(f))[1:]
-    ours = np.array([[float(v) for v in r[2:]] for r in rows])
-    labels = np.array([r[1] for r in rows])
+    ours, labels = _read_preds(root / "fastulm-fp32.csv")
     bad = fastai_broken_docs(lengths)
     # fastai's test_dl tokenizes without its post-rule replace_space (tokenize_texts, the
     # training path, applies it): a token holding a space (e.g. "\x85 ") becomes xxunk
@@ -222,7 +238,8 @@ def test_report(setup):
         **machine(),
         "docs": n,
         "mean_tokens": float(lengths.mean()),
-        "fastulm_precision": "bf16" if cpu_has_native_bf16() else "fp32",
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "fastulm_precision": "fp32",
         "fastai": {**RESULTS["fastai"], "docs_per_s": n / RESULTS["fastai"]["wall_s"]},
         "fastulm": {**RESULTS["fastulm"], "docs_per_s": n / RESULTS["fastulm"]["wall_s"]},
         "speedup_wall": RESULTS["fastai"]["wall_s"] / RESULTS["fastulm"]["wall_s"],
@@ -233,6 +250,16 @@ def test_report(setup):
         "max_prob_diff": float(diff),
         "labels_identical": bool((labels[ok] == ref_labels[ok]).all()),
     }
+    if "fastulm_bf16" in RESULTS:  # fastulm's default here; fastai as its users run it
+        bf16, bf16_labels = _read_preds(root / "fastulm-bf16.csv")
+        r = RESULTS["fastulm_bf16"]
+        report["fastulm_bf16"] = {
+            **r,
+            "docs_per_s": n / r["wall_s"],
+            "speedup_wall": RESULTS["fastai"]["wall_s"] / r["wall_s"],
+            "max_prob_diff_vs_fp32": float(np.abs(bf16 - ours).max()),
+            "labels_equal_to_fp32": float((bf16_labels == labels).mean()),
+        }
     print("\n" + json.dumps(report, indent=1))
     if os.environ.get("FASTULM_BENCH_JSON"):
         Path(os.environ["FASTULM_BENCH_JSON"]).write_text(json.dumps(report, indent=1) + "\n")
