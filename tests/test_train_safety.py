@@ -445,3 +445,30 @@ def test_a_folder_aside_that_is_not_a_run_is_left_alone(corpus, tmp_path):
     run = tmp_path / "run"
     assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "0"]) == 0
     assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_force_clears_the_earlier_run_where_it_cannot_be_set_aside(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    """RUN_DIR a mount point: its files cannot be renamed beside it (EXDEV). What was moved
+    goes back, and --force clears the earlier run as it always did, saying so."""
+    run = tmp_path / "run"
+    assert train_main(["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "1"]) == 0
+    before = _files(run)
+    rename = os.replace
+    moved = []
+
+    def across_devices(src, dst):
+        if ".run.old-" in str(dst) and ".run.old-" not in str(src):
+            if moved:  # the second file: the first has moved already
+                raise OSError(18, "Invalid cross-device link")
+            moved.append(src)
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", across_devices)
+    capsys.readouterr()
+    argv = ["lm", str(corpus), str(run), *TINY_TRAIN, "--epochs", "1", "--seed", "1", "--force"]
+    assert train_main(argv) == 0
+    assert "cannot set the earlier run aside" in capsys.readouterr().err
+    assert moved and _files(run)["model.safetensors"] != before["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

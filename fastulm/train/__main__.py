@@ -211,6 +211,8 @@ def run(args, stop=None) -> int:
             encoder = _encoder_path(args.encoder)
             inputs += [encoder.with_name(encoder.name + ext) for ext in (".safetensors", ".json")]
         prepared = prepare_run_dir(run_dir, force=args.force, resume=args.resume, sources=inputs)
+        if prepared.note:
+            print(prepared.note, file=sys.stderr)
     # the earlier run (--force) goes only when this one has progress, else comes back; a run
     # that failed before writing anything leaves no folder
     try:

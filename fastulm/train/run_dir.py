@@ -143,6 +143,7 @@ class PreparedRun:
     run_dir: Path
     made: list[Path] = field(default_factory=list)
     earlier: Path | None = None  # the earlier run's files, moved aside by --force
+    note: str | None = None  # for the user: why the earlier run could not be kept aside
     _lock: int | None = None
 
     def settle(self, failed: bool) -> None:
@@ -180,9 +181,15 @@ def _set_aside(run_dir: Path) -> tuple[Path, int | None]:
     lock = lock_folder(earlier)
     # what shows progress goes first: killed midway, the rest reads as a run that got nowhere
     first = ("model.safetensors", "checkpoints")
-    for entry in sorted(run_dir.iterdir(), key=lambda e: (e.name not in first, e.name)):
-        if entry.name != "predictions.csv":  # the user's output stays where it is
-            os.replace(entry, earlier / entry.name)
+    try:
+        for entry in sorted(run_dir.iterdir(), key=lambda e: (e.name not in first, e.name)):
+            if entry.name != "predictions.csv":  # the user's output stays where it is
+                os.replace(entry, earlier / entry.name)
+    except OSError:  # another file system (RUN_DIR a mount point): everything back
+        _move_entries(earlier, run_dir)
+        earlier.rmdir()
+        unlock_folder(lock)
+        raise
     return earlier, lock
 
 
@@ -229,10 +236,12 @@ def prepare_run_dir(
         if force and run_dir.is_dir() and any(run_dir.iterdir()):
             try:
                 prepared.earlier, prepared._lock = _set_aside(run_dir)
-            except OSError as err:
-                raise WriteError(
-                    f"{run_dir}: cannot set the earlier run aside ({err.strerror or err})"
-                ) from None
+            except OSError as err:  # a read-only parent, RUN_DIR a mount point: clear it
+                prepared.note = (
+                    f"note: cannot set the earlier run aside beside {run_dir} "
+                    f"({err.strerror or err}); it is cleared"
+                )
+                _clear_run(run_dir)
     elif run_dir.exists() and not run_dir.is_dir():
         raise WriteError(f"{run_dir}: exists and is not a folder")
     elif resume and run_dir.is_dir() and any(run_dir.iterdir()):
