@@ -44,12 +44,26 @@ def read_table(path: Path, kind: str, text_cols: Sequence[str]):
 
 
 def _bad_line(path: Path, kind: str) -> str | None:
-    """The first line a user can go and fix (polars names a byte offset, or nothing):
-    a JSONL line that is not a JSON object, a CSV row with another number of fields than
-    the header. Read again only on this error path."""
+    """The first line a user can go and fix (polars names a byte offset, or nothing): bytes
+    that are not UTF-8 (a file saved as Latin-1 or cp1252), a JSONL line that is not a JSON
+    object, a CSV row with another number of fields than the header. Read again only on
+    this error path."""
     import csv
     import json
 
+    if kind not in ("csv", "tsv", "jsonl"):
+        return None
+    try:
+        data = path.read_bytes()
+        data.decode("utf-8")
+    except OSError:
+        return None
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return (
+            f"line {line} is not UTF-8 (byte 0x{data[err.start]:02x}); "
+            "save the file as UTF-8 and try again"
+        )
     try:
         with open(path, encoding="utf-8", newline="") as f:
             if kind == "jsonl":

@@ -655,10 +655,17 @@ def test_tokenize_df_names_a_pandas_column_of_mixed_types(tmp_path):
         ("arr.jsonl", '{"text":"a","label":"x"}\n\n[1, 2]\n', "line 3 is not a JSON object"),
         ("rag.csv", "text,label\na,x\nb,y,z\nc,x\n", "line 3 has 3 fields, the header has 2"),
         ("rag.tsv", "text\tlabel\na\tx\nb\ty\tz\n", "line 3 has 3 fields, the header has 2"),
+        # saved as Latin-1 / cp1252: polars said only "invalid utf-8 sequence"
+        ("l1.csv", "text,label\na,x\ncaf\xe9,y\n", "line 3 is not UTF-8 (byte 0xe9)"),
+        (
+            "l1.jsonl",
+            '{"text":"a","label":"x"}\n{"text":"\x93b\x94","label":"y"}\n',
+            "line 2 is not UTF-8 (byte 0x93)",
+        ),
     ],
 )
 def test_a_broken_table_names_the_line_to_fix(tmp_path, capsys, name, body, says):
-    (tmp_path / name).write_text(body)
+    (tmp_path / name).write_bytes(body.encode("latin-1"))
     assert main([str(tmp_path / name), str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
