@@ -683,3 +683,15 @@ def test_several_text_columns_are_joined_as_in_training(tmp_path, given):
         "xxfld 1 Awful xxfld 2 It was awful.",
     ]
     assert out.read_bytes().decode() == expected_csv(model, joined)
+
+
+@pytest.mark.parametrize("name", ["reviews.csv", "reviews.txt"])
+def test_a_file_not_in_utf8_names_its_line(clas, tmp_path, capsys, name):
+    run, _ = clas
+    src = tmp_path / name
+    src.write_bytes(b"text\nfine film\ncaf\xe9 was dull\n")
+    out = tmp_path / "out.csv"
+    assert predict.main([str(run), "--file", str(src), "--out", str(out)]) == 1
+    line = _one_error_line(capsys)
+    assert f"{src}: line 3 is not UTF-8 (byte 0xe9)" in line, line
+    assert not out.exists()
