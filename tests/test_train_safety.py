@@ -472,3 +472,21 @@ def test_force_clears_the_earlier_run_where_it_cannot_be_set_aside(
     assert "cannot set the earlier run aside" in capsys.readouterr().err
     assert moved and _files(run)["model.safetensors"] != before["model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_run_in_the_working_directory_keeps_its_layout(corpus, tmp_path, monkeypatch):
+    """RUN_DIR "." used to put the encoder in models/ (``Path(".") / "encoder"`` is a bare
+    name, which the learner reads as one of models/), and the folder was then no run folder
+    for --force or --resume. --force there sets the earlier run aside beside it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(run)
+    argv = ["lm", str(corpus), ".", *TINY_TRAIN, "--epochs", "0"]
+    assert train_main(argv) == 0
+    assert (run / "encoder.safetensors").is_file() and not (run / "models").exists()
+    before = _files(run)
+    assert train_main([*argv, "--force", "--max-memory", "1KiB"]) == 1  # fails: put back
+    assert _files(run) == before
+    assert train_main([*argv, "--force", "--seed", "1"]) == 0
+    assert _files(run)["model.safetensors"] != before["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

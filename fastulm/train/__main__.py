@@ -294,7 +294,7 @@ def _train(args, stop, ctx, preset, recipe, stages, run_dir: Path) -> int:
         learn.freeze_to(stage.freeze_to)
         learn.fit_one_cycle(stage.epochs, stage.lr_arg())
     if args.stage == "lm":
-        learn.save_encoder(run_dir / "encoder")
+        learn.save_encoder(run_dir.absolute() / "encoder")  # "." / "encoder" is a bare name
     learn.export(run_dir)
     if ctx.is_main:
         last = learn.history["epochs"][-1] if learn.history["epochs"] else {}
