@@ -23,7 +23,7 @@ import numpy as np
 
 from fastulm.text.links import LinkIds
 from fastulm.text.rules import SPECIAL_TOKENS
-from fastulm.text.table import StringTable
+from fastulm.text.table import StringTable, grown
 
 FACTS = ("lead", "link_first", "link_last", "wfirst", "wlast", "wdup", "wstem", "wmulti")
 _FACT_TYPES = {
@@ -111,10 +111,12 @@ class RunStore:
         """Room for `cap` entries' values."""
 
         def grow(name, shape, dtype, fill=0):
-            new = np.full(shape, fill, dtype)
+            new = np.empty(shape, dtype)
             old = getattr(self, name, None)
-            if old is not None:
-                new[: len(old)] = old
+            n_old = 0 if old is None else len(old)
+            if n_old:
+                new[:n_old] = old
+            new[n_old:] = fill
             setattr(self, name, new)
 
         grow("val_start", (cap, 2), np.int64)
@@ -133,7 +135,7 @@ class RunStore:
         start = self.n_pool
         end = start + len(ids)
         if end > len(self.pool):
-            self.pool = np.resize(self.pool, max(end, 2 * len(self.pool)))
+            self.pool = grown(self.pool, start, max(end, 2 * len(self.pool)))
         self.pool[start:end] = ids
         self.n_pool = end
         return start
