@@ -15,7 +15,10 @@
 # resumes it: run(command="bash scripts/gpu_pipeline.sh --ratings --time-budget 4", ...).
 # $OUT gets at most 10 files: result.json (the figure, plan, timings), time_to_accuracy.md,
 # pipeline.log, tokenize.log, lm.log, clas.log, lm_losses.png, clas_losses.png (with
-# --ratings: ratings.log and ratings_confusion.png too).
+# --ratings: ratings.log and ratings_confusion.png too). Keep every run, good or bad, here:
+#   python scripts/imdb_record.py FILES_AT/result.json FILES_AT/pipeline.log \
+#       FILES_AT/lm_losses.png FILES_AT/clas_losses.png
+# (benchmarks/results/gpu/imdb-DATE-N.*, and imdb_accuracy_vs_time.png redrawn over all runs)
 export FASTULM_CALL_T0=${FASTULM_CALL_T0:-$(date +%s)}
 set -uo pipefail
 cd "$(dirname "$0")/.."

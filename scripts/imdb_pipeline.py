@@ -513,6 +513,18 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lm_lr or (GPU_LM["lr"] if on_gpu else _first_lr(preset.lm.stages)),
     }
     clas_bs = args.clas_bs or (GPU_CLAS_BS if on_gpu else preset.clas.bs)
+    state["recipe"] = {
+        "preset": args.preset,
+        "arch": args.arch,
+        "limit": args.limit,
+        "device": device,
+        "lm": lm,
+        "clas_bs": clas_bs,
+        "time_budget_min": args.time_budget,
+        "planned": not args.no_plan,
+        "argv": sys.argv[1:],
+    }
+    state["device_name"] = _device_name(device)
     state["setup"] = (
         f"preset {args.preset}, arch {args.arch}, limit {args.limit or 'none'}, device {device}, "
         f"LM bs {lm['bs']} x bptt {lm['bptt']} lr {lm['lr']:g}, classifier bs {clas_bs}, "
@@ -660,10 +672,25 @@ def _finish(work: Path, state: dict, budget: Budget, final_eval: dict | None) ->
     """WORK/result.json: the figure, the plan against what happened, every step's time."""
     lm_rows = _rows(work / "lm" / "log.jsonl")
     clas_rows = _rows(work / "clas" / "log.jsonl")
+    last_lm = lm_rows[-1] if lm_rows else {}
+    measured = state.get("measured") or {}
+    lm_s = state["elapsed"].get("lm")
+    lm_tokens = (measured.get("lm") or {}).get("tokens_per_epoch")
     result = {
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "device": state.get("device_name"),
         "test_accuracy": final_eval and final_eval["test_accuracy"],
         "n_test": final_eval and final_eval["n_test"],
         "wall_s": round(budget.elapsed_s(), 1),
+        "pretrained": None,  # the LM trains from scratch: no weights can be downloaded
+        "recipe": {**(state.get("recipe") or {}), "plan": state.get("plan")},
+        "lm_tokens_per_s": {
+            "probe": (measured.get("lm") or {}).get("tokens_per_s"),
+            # the whole LM stage, start-up and validation included
+            "stage": lm_tokens * len(lm_rows) / lm_s if lm_tokens and lm_s else None,
+        },
+        "lm_valid_accuracy": last_lm.get("accuracy"),
+        "lm_perplexity": last_lm.get("perplexity"),
         "budget_s": round(budget.end - budget.t0, 1),
         "within_budget": budget.left_s() >= 0,
         "complete": final_eval is not None,
@@ -683,6 +710,24 @@ def _finish(work: Path, state: dict, budget: Budget, final_eval: dict | None) ->
     tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
     os.replace(tmp, work / "result.json")
     return result
+
+
+def _device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model (what a reader compares runs by)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
 
 
 def _has_cuda() -> bool:

@@ -120,8 +120,37 @@ def test_budgeted_recipe_end_to_end_on_the_cpu(tmp_path):
     assert result["test_accuracy"] == pytest.approx(result["clas_epochs"][-1]["accuracy"])
     assert result["measured"]["lm"]["tokens_per_s"] > 0
     assert set(result["elapsed"]) == {"tokenize", "probe", "lm", "clas", "evaluate"}
+    # the record the IMDB issue names
+    assert result["pretrained"] is None and result["recipe"]["lm"]["bs"] == 8
+    assert result["recipe"]["clas_bs"] == 8 and result["recipe"]["device"] == "cpu"
+    assert result["device"] and result["device"] != "cpu"  # the CPU's model
+    assert result["lm_valid_accuracy"] == result["lm_rows"][-1]["accuracy"]
+    assert result["lm_perplexity"] == result["lm_rows"][-1]["perplexity"]
+    assert result["lm_tokens_per_s"]["stage"] > 0
     # a finished work folder: the next call only reports
     assert pipe.main(args) == 0
+    _kept_and_plotted(work / "result.json", work / "pipeline.json", tmp_path / "gpu")
+
+
+def _kept_and_plotted(result: Path, extra: Path, folder: Path) -> None:
+    """scripts/imdb_record.py keeps each run under the next free number, never replacing
+    one, and plots every complete run."""
+    spec = importlib.util.spec_from_file_location("imdb_record", SCRIPT.with_name("imdb_record.py"))
+    rec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rec)
+    date = json.loads(result.read_text())["date"]
+    for n in (1, 2):
+        assert rec.main([str(result), str(extra), "--folder", str(folder)]) == 0
+        assert (folder / f"imdb-{date}-{n}.json").read_text() == result.read_text()
+        assert (folder / f"imdb-{date}-{n}.pipeline.json").read_bytes() == extra.read_bytes()
+    runs = rec.load_runs(folder)
+    assert [r["file"] for r in runs] == [f"imdb-{date}-1.json", f"imdb-{date}-2.json"]
+    png = folder / "imdb_accuracy_vs_time.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = folder.parent / "bad.json"
+    bad.write_text('{"test_accuracy": 0.9}')
+    assert rec.main([str(bad), "--folder", str(folder)]) == 1
+    assert len(rec.load_runs(folder)) == 2
 
 
 @pytest.mark.slow
