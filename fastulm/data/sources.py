@@ -331,11 +331,32 @@ def _find_root(path: Path) -> Path | None:
     return None
 
 
-def _txt_names(folder: Path) -> list[str]:
+def _txt_names(folder: Path, flat: str | None = None) -> list[str]:
+    """The review files right in ``folder``. ``flat`` names it when it is a class (or
+    unsup) folder: texts in a folder inside it are then an error, not silently left out."""
     with os.scandir(folder) as it:
-        names = [e.name for e in it if is_text_name(e.name) and e.is_file()]
-    names.sort()
+        entries = list(it)
+    names = sorted(e.name for e in entries if is_text_name(e.name) and e.is_file())
+    if flat:
+        for e in sorted(entries, key=lambda e: e.name):
+            if e.is_dir() and not e.name.startswith(".") and _holds_texts(Path(e.path)):
+                raise DataError(nested_message(Path(e.path), flat))
     return names
+
+
+def _holds_texts(folder: Path) -> bool:
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(is_text_name(f) for f in files):
+            return True
+    return False
+
+
+def nested_message(where: str | Path, folder: str) -> str:
+    return (
+        f"{where}: texts in a folder inside {folder}/, which fastulm does not read "
+        f"({FOLDER_HELP}); move them into {folder}/ itself, or into a class folder of their own"
+    )
 
 
 def _open_folder(path: Path, options: SourceOptions) -> Source:
@@ -356,11 +377,11 @@ def _open_folder(path: Path, options: SourceOptions) -> Source:
                 subdirs = sorted(e.name for e in it if e.is_dir())
             for sub in subdirs:
                 key = review_key([split, sub, "0_0.txt"])
-                names = _txt_names(top / sub) if key is not None else []
+                names = _txt_names(top / sub, flat=f"{split}/{sub}") if key is not None else []
                 if names:
                     groups.append((f"{split}/{sub}", *key, names))
         if (root / "unsup").is_dir():
-            groups.append(("unsup", "unsup", None, _txt_names(root / "unsup")))
+            groups.append(("unsup", "unsup", None, _txt_names(root / "unsup", flat="unsup")))
     except PermissionError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
     groups = [g for g in groups if g[-1]]
@@ -464,7 +485,22 @@ class _ArchiveKeys:
         if key is False:
             probe = archive_review_key(f"{folder}/0_0.txt")
             key = self._folders[folder] = None if probe is None else (probe[0][:-7], *probe[1:])
+            if key is None:
+                _refuse_nested(folder)
         return None if key is None else (key[0] + base, key[1], key[2])
+
+
+def _refuse_nested(folder: str) -> None:
+    """An archive folder of texts inside a class (or unsup) folder: an error, as for folders."""
+    parts = [p for p in folder.split("/") if p not in ("", ".")]
+    top = 1 if parts and parts[0] not in FOLDER_SPLITS and len(parts) > 1 else 0
+    rel = parts[top:]
+    if any(p.startswith(".") or p == ".." for p in rel):
+        return
+    inside = 2 if rel[:1] in (["train"], ["valid"], ["test"]) else 1 if rel[:1] == ["unsup"] else 0
+    if inside and len(rel) > inside:
+        where = "/".join(parts[: top + inside + 1])  # the first folder too deep
+        raise DataError(nested_message(where, "/".join(rel[:inside])))
 
 
 def _open_archive(path: Path, options: SourceOptions) -> Source:

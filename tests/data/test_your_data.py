@@ -196,6 +196,37 @@ def test_folder_bad_layouts(tmp_path):
     assert open_source(lm).task == "none"
 
 
+@pytest.mark.parametrize(
+    "nested, says",
+    [
+        ("train/pos/part2/9_7.txt", "train/pos/part2: texts in a folder inside train/pos/"),
+        ("valid/neutral/more/deeper/9_5.txt", "valid/neutral/more: texts in a folder inside"),
+        ("unsup/batch2/9_0.txt", "unsup/batch2: texts in a folder inside unsup/"),
+    ],
+)
+@pytest.mark.parametrize("archive", [False, True])
+def test_texts_nested_in_a_class_folder_are_an_error(tmp_path, nested, says, archive):
+    """They used to be left out without a word (fastai reads them, labelled by their own
+    folder's name: a class no one meant)."""
+    src = _write(tmp_path / "m", {**MOVIES, nested: "Left out before."})
+    if archive:
+        with tarfile.open(tmp_path / "m.tar.gz", "w:gz") as tf:
+            tf.add(src, arcname="m")
+        src = tmp_path / "m.tar.gz"
+    with pytest.raises(DataError, match=re.escape(says)):
+        _run(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_hidden_and_non_text_folders_in_a_class_folder_are_fine(tmp_path):
+    extra = {"train/pos/.ipynb_checkpoints/1_9-checkpoint.txt": "x", "train/neg/img/a.png": "x"}
+    src = _write(tmp_path / "m", {**MOVIES, **extra})
+    got = _files(_run(src, tmp_path / "a").path)
+    want = _files(_run(_write(tmp_path / "plain", MOVIES), tmp_path / "b").path)
+    del got["meta.json"], want["meta.json"]  # it names the source
+    assert got == want
+
+
 # ---------------------------------------------------------------- tables
 
 TABLE = pd.DataFrame(
