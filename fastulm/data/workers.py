@@ -226,7 +226,13 @@ class WorkerPool:
         """One line on the child that died (an OSError, so the CLI prints it as such)."""
         for p in self._procs:
             p.join(1)  # its exit code, once reaped
+        # The pool's own thread may reap the child at the same moment: the loser of that
+        # waitpid race sees no status until the winner has stored it, so look again a while.
+        deadline = time.monotonic() + 5.0
         dead = [p for p in self._procs if p.exitcode not in (None, 0)]
+        while not dead and time.monotonic() < deadline:
+            time.sleep(0.05)
+            dead = [p for p in self._procs if p.exitcode not in (None, 0)]
         how = "died"
         if dead:
             code = dead[0].exitcode
