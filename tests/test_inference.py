@@ -143,7 +143,17 @@ def test_predict_onnx_cli_writes_what_torch_predict_writes(tmp_path, vocab, caps
     src.write_text("\n".join(texts) + "\n")
     assert (
         predict.main(
-            [str(tmp_path / "run"), "--file", str(src), "--out", "-", "--precision", "fp32"]
+            [
+                str(tmp_path / "run"),
+                "--file",
+                str(src),
+                "--out",
+                "-",
+                "--precision",
+                "fp32",
+                "--device",
+                "cpu",
+            ]
         )
         == 0
     )

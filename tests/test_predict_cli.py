@@ -67,10 +67,12 @@ def _one_error_line(capsys):
 
 
 @pytest.fixture(autouse=True)
-def auto_is_fp32(monkeypatch):
-    """The expectations here are fp32; on a CPU with avx512_bf16 or AMX ``--precision auto``
-    would choose bf16 (tested on its own below)."""
+def auto_is_fp32_on_the_cpu(monkeypatch):
+    """The expectations here are fp32 on the CPU; on a CPU with avx512_bf16 or AMX
+    ``--precision auto`` would choose bf16 (tested on its own below), and ``--device auto``
+    a GPU where there is one."""
     monkeypatch.setattr(prediction, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 @pytest.fixture
