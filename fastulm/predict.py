@@ -143,11 +143,9 @@ def read_rows(
     try:
         raw = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not text
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ValueError(
-            f"{name}: line {line} is not UTF-8 (byte 0x{data[err.start]:02x}); "
-            "save the file as UTF-8 and try again"
-        ) from None
+        from fastulm.data import not_utf8
+
+        raise ValueError(f"{name}: {not_utf8(data, err)}") from None
     if cols or id_col is not None or str(source).lower().endswith(".csv"):
         cols = cols or ["text"]
         _no_csv_field_limit()

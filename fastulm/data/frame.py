@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastulm.data import DataError
+from fastulm.data import DataError, not_utf8
 from fastulm.data.labels import check_labels
 from fastulm.data.sources import TABLE_SPLITS, RawRecord, Source, SourceOptions
 
@@ -59,11 +59,7 @@ def _bad_line(path: Path, kind: str) -> str | None:
     except OSError:
         return None
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        return (
-            f"line {line} is not UTF-8 (byte 0x{data[err.start]:02x}); "
-            "save the file as UTF-8 and try again"
-        )
+        return not_utf8(data, err)
     try:
         with open(path, encoding="utf-8", newline="") as f:
             if kind == "jsonl":

@@ -495,7 +495,7 @@ def _refuse_nested(folder: str) -> None:
     parts = [p for p in folder.split("/") if p not in ("", ".")]
     top = 1 if parts and parts[0] not in FOLDER_SPLITS and len(parts) > 1 else 0
     rel = parts[top:]
-    if any(p.startswith(".") or p == ".." for p in rel):
+    if any(p.startswith(".") for p in rel):  # hidden, or ".."
         return
     inside = 2 if rel[:1] in (["train"], ["valid"], ["test"]) else 1 if rel[:1] == ["unsup"] else 0
     if inside and len(rel) > inside:
