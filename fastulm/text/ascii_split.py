@@ -191,14 +191,15 @@ class _Classes:
 
 
 def _compile_pattern(pattern: str | None, flags: int, classes: _Classes, anchor: str):
-    """(alternatives as an int32 [n, 8] table, CSR of alternatives by first character)."""
+    """(alternatives as an int32 [n, 8] table, CSR of alternatives by character: the first
+    one they match, or for a suffix (`$`-anchored) the last)."""
     if pattern is None:
         empty = np.zeros(0, np.int32)
         return np.zeros((0, 8), np.int32), np.zeros(129, np.int32), empty, 0, empty
     if flags & (re.IGNORECASE | re.MULTILINE | re.VERBOSE):
         raise _Unsupported("flags")
     alts = [a for a in _alternatives(_sre.parse(pattern, flags).data) if _possible(a)]
-    rows, bodies, firsts = [], [], []
+    rows, bodies, keys = [], [], []
     max_fixed = 0
     for a in alts:
         if (anchor == "start") != a["start"]:
@@ -212,13 +213,16 @@ def _compile_pattern(pattern: str | None, flags: int, classes: _Classes, anchor:
         rows.append([classes(lb[1]), classes(lb[0]), classes(a["la"]), classes(a["nla"]),
                      rep_cls, rep_min, len(bodies), len(a["body"])])  # fmt: skip
         bodies.extend(classes(c) for c in a["body"])
-        first = a["body"][0] if a["body"] else a["rep"][0]
-        firsts.append(first)
+        if anchor == "end":  # suffix_len tries the alternatives that can end with a[hi-1]
+            key = _ASCII if a["rep"] is not None else a["body"][-1]
+        else:
+            key = a["body"][0] if a["body"] else a["rep"][0]
+        keys.append(key)
     table = np.array(rows, np.int32).reshape(-1, 8)
-    by_first = [[k for k, f in enumerate(firsts) if c in f] for c in range(128)]
+    by_char = [[k for k, f in enumerate(keys) if c in f] for c in range(128)]
     start = np.zeros(129, np.int32)
-    np.cumsum([len(x) for x in by_first], out=start[1:])
-    flat = np.array([k for x in by_first for k in x], np.int32)
+    np.cumsum([len(x) for x in by_char], out=start[1:])
+    flat = np.array([k for x in by_char for k in x], np.int32)
     return table, start, flat, max_fixed, np.array(bodies, np.int32)
 
 
@@ -244,18 +248,10 @@ COMPILED = _compile()
 
 
 @kernel
-def _match_at(a, lo, hi, i, alt, body, cls):
-    """Length of alternative `alt` matched at a[i] within the string a[lo:hi], or -1."""
-    lb1, lb2, la, nla, rep, rep_min, b0, blen = (
-        alt[0],
-        alt[1],
-        alt[2],
-        alt[3],
-        alt[4],
-        alt[5],
-        alt[6],
-        alt[7],
-    )
+def _match_at(a, lo, hi, i, alts, row, body, cls):
+    """Length of alternative alts[row] matched at a[i] within the string a[lo:hi], or -1."""
+    lb1, lb2, la, nla = alts[row, 0], alts[row, 1], alts[row, 2], alts[row, 3]
+    rep, rep_min, b0, blen = alts[row, 4], alts[row, 5], alts[row, 6], alts[row, 7]
     if lb1 >= 0 and (i == lo or not cls[lb1, a[i - 1]]):
         return -1
     if lb2 >= 0 and (i - 1 <= lo or not cls[lb2, a[i - 2]]):
@@ -285,7 +281,7 @@ def prefix_len(a, lo, hi, alts, start, flat, body, cls):
         return 0
     c = a[lo]
     for k in range(start[c], start[c + 1]):
-        n = _match_at(a, lo, hi, lo, alts[flat[k]], body, cls)
+        n = _match_at(a, lo, hi, lo, alts, flat[k], body, cls)
         if n >= 0:
             return n
     return 0
@@ -293,23 +289,32 @@ def prefix_len(a, lo, hi, alts, start, flat, body, cls):
 
 @kernel
 def suffix_len(a, lo, hi, alts, start, flat, max_fixed, body, cls):
+    """The suffix `re.search` finds: the leftmost start from which some alternative reaches
+    the end, so the longest such match. Only the alternatives that can end with a[hi-1]
+    are tried (the table is keyed so), a fixed-length one only where it would start."""
     if hi <= lo:
         return 0
-    first = max(lo, hi - max_fixed)
-    for k in range(len(alts)):  # a repeat may start before the fixed window
-        rep = alts[k, 4]
-        if rep >= 0:
-            j = hi
-            while j > lo and cls[rep, a[j - 1]]:
-                j -= 1
-            first = min(first, max(lo, j - alts[k, 7]))
-    for i in range(first, hi):
-        c = a[i]
-        for k in range(start[c], start[c + 1]):
-            n = _match_at(a, lo, hi, i, alts[flat[k]], body, cls)
+    best = 0
+    c = a[hi - 1]
+    for k in range(start[c], start[c + 1]):
+        row = flat[k]
+        rep, blen = alts[row, 4], alts[row, 7]
+        if rep < 0:
+            i = hi - blen
+            if blen > best and i >= lo and _match_at(a, lo, hi, i, alts, row, body, cls) == blen:
+                best = blen
+            continue
+        # a greedy repeat reaching the end: the match starts at most blen before the run
+        # of the repeat's class that ends the string
+        j = hi
+        while j > lo and cls[rep, a[j - 1]]:
+            j -= 1
+        for i in range(max(lo, j - blen), hi - best):
+            n = _match_at(a, lo, hi, i, alts, row, body, cls)
             if n >= 0 and i + n == hi:
-                return hi - i
-    return 0
+                best = hi - i
+                break
+    return best
 
 
 @kernel
@@ -322,7 +327,7 @@ def infixes(a, lo, hi, alts, start, flat, body, cls, out):
         c = a[i]
         step = 1
         for k in range(start[c], start[c + 1]):
-            n = _match_at(a, lo, hi, i, alts[flat[k]], body, cls)
+            n = _match_at(a, lo, hi, i, alts, flat[k], body, cls)
             if n >= 0:
                 out[m, 0] = i
                 out[m, 1] = i + n
