@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import sys
 import time
@@ -128,21 +129,43 @@ class Canonical:
         return out, offsets
 
 
-class _Growable:
-    """An int32 array that grows by appending (amortised doubling)."""
+def _anonymous_map(size: int) -> mmap.mmap:
+    """Private memory (a shared anonymous map grown with mremap faults past its first size)."""
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    return mmap.mmap(-1, size, flags=flags) if flags else mmap.mmap(-1, size)
 
-    def __init__(self):
-        self.data = np.zeros(1024, np.int32)
+
+class _Growable:
+    """An int32 array that grows by appending, in an anonymous memory map that grows in
+    place (mremap): a corpus's whole token stream (about 120 MB for IMDB) is collected in
+    it and never copied, where per-batch arrays concatenated at the end cost a second
+    copy and as much fresh memory again, in the serial end of the run. Views of it are
+    taken only for a moment (a map with views cannot grow)."""
+
+    def __init__(self, capacity: int = 1024):
+        self._map = _anonymous_map(4 * capacity)
         self.size = 0
 
+    def view(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.size if stop is None else stop
+        return np.frombuffer(self._map, np.int32, stop - start, 4 * start)
+
+    def grow(self, n: int) -> np.ndarray:
+        """Room for n more values: the view to fill (size grows by n)."""
+        need = 4 * (self.size + n)
+        if need > len(self._map):
+            new_size = max(need, 2 * len(self._map))
+            try:
+                self._map.resize(new_size)
+            except (OSError, SystemError, ValueError):  # no mremap: copy into a new map
+                bigger = _anonymous_map(new_size)
+                bigger[: 4 * self.size] = self._map[: 4 * self.size]
+                self._map = bigger
+        self.size += n
+        return self.view(self.size - n)
+
     def extend(self, values: np.ndarray) -> None:
-        n = self.size + len(values)
-        if n > len(self.data):
-            grown = np.zeros(max(n, 2 * len(self.data)), np.int32)
-            grown[: self.size] = self.data[: self.size]
-            self.data = grown
-        self.data[self.size : n] = values
-        self.size = n
+        self.grow(len(values))[:] = values
 
 
 @dataclass
@@ -155,7 +178,7 @@ class Collector:
     sort_by: str
     _index: dict[str, int] = field(default_factory=dict)  # token -> union id (insertion order)
     _maps: dict[object, _Growable] = field(default_factory=dict)
-    _chunks: list[np.ndarray] = field(default_factory=list)
+    _ids: _Growable = field(default_factory=lambda: _Growable(1 << 20))  # union ids
     _lengths: list[np.ndarray] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     doc_splits: list[str] = field(default_factory=list)
@@ -192,7 +215,7 @@ class Collector:
     ) -> None:
         """Documents (label, split, id) whose tokens are ``ids`` in ``table``'s local ids."""
         m = self._maps[table]
-        self._chunks.append(np.take(m.data[: m.size], ids))
+        np.take(m.view(), ids, out=self._ids.grow(len(ids)))
         self._lengths.append(np.asarray(lengths, np.int64))
         for label, split, doc_id in records:
             self.labels.append(label)  # a class id, or a tuple of them (multi-label)
@@ -204,7 +227,7 @@ class Collector:
         """Documents sorted by split, then by name (files) or row (tables); a document seen
         twice (overlapping parts) is an error.
 
-        Consumes the collected chunks: they are moved into one flat array."""
+        Its ``src`` is a view of the collected ids: nothing is collected after this."""
         rank = {s: i for i, s in enumerate(self.splits)}
         for s in set(self.doc_splits) - set(rank):
             raise DataError(f"unexpected split {s!r}")
@@ -223,15 +246,7 @@ class Collector:
         doc_len = np.concatenate(self._lengths)
         doc_start = np.zeros(len(doc_len), np.int64)
         np.cumsum(doc_len[:-1], out=doc_start[1:])
-        # One flat array, each chunk released as soon as it is copied (peak: one chunk over).
-        src = np.empty(int(doc_len.sum()), np.int32)
-        chunks, self._chunks = self._chunks, []
-        pos = 0
-        for i, c in enumerate(chunks):
-            src[pos : pos + len(c)] = c
-            pos += len(c)
-            chunks[i] = None
-        return Canonical(src, doc_start, doc_len, perms, names)
+        return Canonical(self._ids.view(), doc_start, doc_len, perms, names)
 
 
 def _class_ids(collector: Collector) -> tuple[list[str], list]:
