@@ -215,7 +215,10 @@ class Collector:
     ) -> None:
         """Documents (label, split, id) whose tokens are ``ids`` in ``table``'s local ids."""
         m = self._maps[table]
-        np.take(m.view(), ids, out=self._ids.grow(len(ids)))
+        # mode="clip": with the default "raise", numpy copies `out` aside and back (so an
+        # error leaves it untouched), touching the fresh map twice; a worker's ids are
+        # indices into its own map by construction
+        np.take(m.view(), ids, out=self._ids.grow(len(ids)), mode="clip")
         self._lengths.append(np.asarray(lengths, np.int64))
         for label, split, doc_id in records:
             self.labels.append(label)  # a class id, or a tuple of them (multi-label)
