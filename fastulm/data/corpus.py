@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,11 +191,14 @@ def write_corpus(
     meta: dict,
     force: bool = False,
     sources: Iterable[str | os.PathLike] = (),
+    order: Sequence[str] | None = None,
 ) -> Path:
     """Write a whole corpus atomically; ``meta`` gets the format and per-split counts.
 
     ``out`` may be an ``OutputDir`` claimed before a long job started; ``sources`` are the
-    inputs ``out`` must not replace."""
+    inputs ``out`` must not replace; ``order``: the order meta.json lists the splits in
+    (default: as they come; a caller may build the largest first, so that its write
+    overlaps the building of the others)."""
     with (
         out if isinstance(out, OutputDir) else OutputDir(out, force, sources) as target,
         ThreadPoolExecutor(1) as writer,  # a split is written while the next is built
@@ -216,6 +219,11 @@ def write_corpus(
             }
         for file, done in written:
             digests[file] = done.result()
+        if order is not None:
+            counts = {name: counts[name] for name in order}
+            digests = {"vocab.json": digests["vocab.json"]} | {
+                f"{name}.arrow": digests[f"{name}.arrow"] for name in order
+            }
         meta = {
             "format": FORMAT,
             **meta,

@@ -394,7 +394,10 @@ def finish(
     check = check or (lambda: None)
 
     def batches() -> Iterator[tuple[str, pa.RecordBatch]]:
-        for s, perm in canon.perms.items():  # one split in memory at a time
+        # one split in memory at a time (and the one being written); the largest first, so
+        # that its write overlaps the building of the others
+        by_size = sorted(canon.perms.items(), key=lambda item: -canon.n_tokens(item[0]))
+        for s, perm in by_size:
             check()
             ids, offsets = canon.gather(s, lut)
             sets = _label_sets(labels, perm) if task == "multi_label" else None
@@ -420,7 +423,7 @@ def finish(
         "non_utf8_files": len(non_utf8),
         "non_utf8_examples": non_utf8[:20],
     }
-    return write_corpus(out, vocab, batches(), meta, force=force)
+    return write_corpus(out, vocab, batches(), meta, force=force, order=list(canon.perms))
 
 
 # ---------------------------------------------------------------- running
