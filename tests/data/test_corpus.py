@@ -200,3 +200,20 @@ def test_checksums_list_every_file_and_old_corpora_still_open(tmp_path):
     (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=re.escape("meta.json: damaged (its sha256 table")):
         open_corpus(out)
+
+
+def test_splits_written_in_any_order_are_listed_in_the_given_order(tmp_path):
+    """finish builds the largest split first; meta.json still lists them canonically."""
+    first = _write(tmp_path / "a")
+    batches = {}
+    for name, (docs, labels, ids) in reversed(DOCS.items()):
+        values = np.concatenate([np.array(d, np.int32) for d in docs])
+        offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+        batches[name] = split_batch(values, offsets, np.array(labels), ids)
+    assert list(batches) == ["test", "train"]
+    meta = {"label_names": ["neg", "pos"]}
+    second = write_corpus(tmp_path / "b", Vocab(ITOS), batches, meta, order=["train", "test"])
+    for name in ("meta.json", "train.arrow", "test.arrow", "vocab.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    unordered = write_corpus(tmp_path / "c", Vocab(ITOS), batches, meta)
+    assert list(json.loads((unordered / "meta.json").read_text())["splits"]) == ["test", "train"]

@@ -381,3 +381,19 @@ def test_progress_of_an_archive_never_goes_backwards(tiny_imdb, tmp_path, monkey
     (total,) = totals
     done = [n / total for _, n in _Bar.shown]
     assert len(done) > 3 and done == sorted(done) and done[-1] == pytest.approx(1.0)
+
+
+def test_collected_ids_survive_growing_their_map_many_times():
+    """The collector's id buffer grows in place (mremap) from a tiny start: every value
+    written before a growth is still there after it, and views see the whole stream."""
+    from fastulm.data.pipeline import _Growable
+
+    buf = _Growable(3)
+    rng = np.random.default_rng(0)
+    chunks = [rng.integers(0, 1 << 30, rng.integers(0, 5000), dtype=np.int32) for _ in range(60)]
+    for c in chunks:
+        buf.extend(c)
+    expected = np.concatenate(chunks)
+    assert buf.size == len(expected)
+    assert np.array_equal(buf.view(), expected)
+    assert np.array_equal(buf.view(100, 200), expected[100:200])
