@@ -48,8 +48,9 @@ from fastulm.text.rules import (
 )
 from fastulm.text.run_kernels import (
     WS,
-    WS_ALL,
+    WS_PAD,
     assemble,
+    max_runs,
     pass_tables,
     pre_tokens,
     scan,
@@ -241,8 +242,7 @@ class Tokenizer:
         that need the slow path."""
         st = self._store
         arr = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), np.uint32)
-        ws = WS_ALL[arr]
-        n_runs = np.count_nonzero(ws[1:] != ws[:-1]) + 2 * n_docs + 1  # separators too
+        n_runs = max_runs(arr, WS_PAD)
         st.reserve(n_runs, len(arr))
         first = st.runs.n
         r_kind, r_ent, r_mark, new, new_start, new_end = scan(

@@ -133,6 +133,34 @@ def test_word_repeats_fast_path_equals_exact_path():
         assert toks == exact(text), text
 
 
+def test_runs_cut_at_slash_hash_backslash_equal_the_exact_path():
+    """scan cuts a run after each `/`, `#` and `\\` (spec_add_spaces' characters), unless a
+    character repeats 3 times in it; the pieces meet the case rules, replace_wrep, special
+    cases across runs and whitespace on either side."""
+    import random
+
+    rng = random.Random(7)
+    words = ["and", "AND", "Or", "w", "o", "I", "U.S.", "can't", "no", "No", "NO", "café", "ÉTÉ",
+             "10", "9.5", "x", "", ":", ")", "(", "''", "...", "…", "!!!", "!", "aaa", "http:",
+             "www.x.com", "e.g.", "don't", "1990s", "'s", "-", "--"]  # fmt: skip
+    cuts = ["/", "#", "\\", "//", "///", "/#", "#\\", "\\\\\\"]
+    seps = [" ", " ", " ", "  ", "\n", " \n", "\t", ""]
+
+    def run() -> str:
+        parts = [rng.choice(words)]
+        for _ in range(rng.randint(0, 4)):
+            parts += [rng.choice(cuts), rng.choice(words)]
+        return "".join(parts)
+
+    texts = [
+        "".join(run() + rng.choice(seps) for _ in range(rng.randint(1, 10))) for _ in range(3000)
+    ]
+    texts += ["/", "#", "\\", "/a", "a/", "a/b/c", "no no no/x", "no no/no", "A/B C/D", "\n/x"]
+    got = Tokenizer().tokenize_batch(texts)
+    for text, toks in zip(texts, got):
+        assert toks == exact(text), text
+
+
 def test_non_text_is_refused_clearly():
     with pytest.raises(TypeError, match="text 1 is a float"):
         Tokenizer().encode_batch(["ok", float("nan")])
