@@ -10,8 +10,10 @@ Plain ASCII runs are looked up lowercased, their xxup/xxmaj marker found by the 
 Three things are not run-local, and a document that meets one of them is redone:
 
 - replace_wrep (a word repeated 3+ times): flagged when a word follows itself and the next
-  word starts with it, confirmed with fastai's pattern, then the exact whole-document path
-  (rules on the document, then words.split_words);
+  word starts with it, confirmed with fastai's pattern; replace_rep and replace_wrep are
+  then applied to the whole text and the result goes through the fast path again (or,
+  where those two rules would change it again, the exact whole-document path: rules on
+  the document, then words.split_words);
 - spaCy's final special-case pass, when the last tokens of a run and the first tokens of
   the next could belong to one multi-token special case (e.g. `''` `''`): the document's
   pass is redone over the cached pre-pass tokens;
@@ -43,6 +45,7 @@ from fastulm.text.rules import (
     replace_maj,
     replace_rep,
     replace_space,
+    replace_wrep,
     rm_useless_spaces,
     spec_add_spaces,
 )
@@ -289,6 +292,22 @@ class Tokenizer:
             ids, offsets = _concat(pieces)
         return ids, offsets, slow
 
+    def _encode_wrep(self, fixed: list[str]) -> list[np.ndarray | None]:
+        """Ids of HTML-fixed texts in which replace_wrep matches (the one rule that is not
+        run-local): replace_rep and replace_wrep applied to the whole text, as fastai does,
+        then the fast path for the rest, which leaves such a text unchanged by those two
+        rules. None where it would not (a repeat count such as 111 is itself a replace_rep
+        match, or new repeats appear): those take the exact path."""
+        again = [replace_wrep(replace_rep(t)) for t in fixed]
+        ids, offsets, still = self._encode_fixed(_SEP.join(again), len(again))
+        out = [ids[offsets[k] : offsets[k + 1]] for k in range(len(again))]
+        for k in still:
+            out[k] = None
+        for k, t in enumerate(again):
+            if RE_REP.search(t):
+                out[k] = None
+        return out
+
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of many texts: (flat int32 ids, int64 offsets with len(texts)+1 entries)."""
         texts = list(texts)
@@ -296,11 +315,17 @@ class Tokenizer:
             if not isinstance(t, str):
                 raise TypeError(f"text {i} is a {type(t).__name__}, not a str")
         fixed = ["" if _SEP in t else fix_html(t) for t in texts]
-        ids, offsets, slow = self._encode_fixed(_SEP.join(fixed), len(texts))
-        slow = set(slow) | {i for i, t in enumerate(texts) if _SEP in t}
-        if not slow:
+        ids, offsets, wrep = self._encode_fixed(_SEP.join(fixed), len(texts))
+        slow = {i for i, t in enumerate(texts) if _SEP in t}
+        if not slow and not wrep:
             return ids, offsets
         pieces = [ids[offsets[i] : offsets[i + 1]] for i in range(len(texts))]
+        if wrep:
+            for d, new in zip(wrep, self._encode_wrep([fixed[d] for d in wrep])):
+                if new is None:
+                    slow.add(d)
+                else:
+                    pieces[d] = new
         for d in slow:
             pieces[d] = self._exact_ids(texts[d])
         return _concat(pieces)

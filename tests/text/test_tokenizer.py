@@ -133,6 +133,27 @@ def test_word_repeats_fast_path_equals_exact_path():
         assert toks == exact(text), text
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        " ".join(["no"] * 111) + "!",  # the count 111 is itself a replace_rep match
+        " ".join(["Go"] * 222) + " home",
+        "a " + "b " * 1000 + "c",  # 1000: a triple 0
+        "wow wow wow/wow wow wow #tag ha ha ha\\ha",
+        "NO NO NO, No no no... can't can't can't :) :) :)",
+        "x x x x",
+        "x x x",
+        "\n the the the\n",
+        "é é é é très très très",
+    ],
+)
+def test_word_repeat_documents_equal_the_exact_path(text):
+    """A document where replace_wrep matches gets replace_rep and replace_wrep on the whole
+    text, then the fast path; where that could differ from fastai, the exact path."""
+    assert Tokenizer().tokenize(text) == exact(text)
+    assert Tokenizer().tokenize_batch(["x", text, "no no no", text])[1] == exact(text)
+
+
 def test_runs_cut_at_slash_hash_backslash_equal_the_exact_path():
     """scan cuts a run after each `/`, `#` and `\\` (spec_add_spaces' characters), unless a
     character repeats 3 times in it; the pieces meet the case rules, replace_wrep, special

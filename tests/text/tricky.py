@@ -72,6 +72,8 @@ TRICKY = [
     "$100 £50 €20 ¥1000",
     "°C 30°F 100°",
     "wanna' gonna\" 'tis",
+    "no " * 111 + "!",
+    "wow wow wow/wow wow wow #tag ha ha ha\\ha and/or AND/OR I/O Martín/Sálo a//b a///b",
 ]
 
 
