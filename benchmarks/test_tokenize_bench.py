@@ -133,6 +133,7 @@ def measure(cmd: list[str], sample: bool = False) -> dict:
     tables under the memory-map lock and stalls the process's own mmap/munmap: measured on
     fastulm, 6% more wall time (4.71 against 4.44 s, medians of 5, 2026-12-06). So the timed
     runs are not sampled, and each side has one more run for its memory."""
+    os.sync()  # the writeback of earlier runs' output (the reference writes 100k files)
     load = _load()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
