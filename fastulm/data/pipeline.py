@@ -130,7 +130,7 @@ class Canonical:
 
 
 def _anonymous_map(size: int) -> mmap.mmap:
-    """Private memory (a shared anonymous map grown with mremap faults past its first size)."""
+    """A private anonymous map (a shared one grown with mremap faults past its first size)."""
     flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
     return mmap.mmap(-1, size, flags=flags) if flags else mmap.mmap(-1, size)
 
