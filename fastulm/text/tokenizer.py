@@ -242,7 +242,7 @@ class Tokenizer:
 
     def _encode_fixed(self, joined: str, n_docs: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Ids and offsets of `n_docs` HTML-fixed texts joined with U+0000, and the documents
-        that need the slow path."""
+        in which replace_wrep matches (their ids here are not fastai's: see _encode_wrep)."""
         st = self._store
         arr = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), np.uint32)
         n_runs = max_runs(arr, WS_PAD)
