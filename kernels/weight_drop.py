@@ -19,10 +19,11 @@ Each path is deterministic in the seed; the three are different streams.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 from fastulm.kernels.dispatch import INTERPRET, device_guard, tl, triton, use_triton
+
+from fastulm.text.jit import kernel
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX_A, _MIX_B = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -52,14 +53,14 @@ def _apply_triton(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     return out
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel(nogil=True)
 def _splitmix(z):
     z = (z ^ (z >> np.uint64(30))) * _MIX_A
     z = (z ^ (z >> np.uint64(27))) * _MIX_B
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel(nogil=True)
 def _drop_kernel(x, out, seed, threshold, scale):
     base = _splitmix(np.uint64(seed))
     shift = np.uint64(64 - _KEEP_BITS)

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numba
 import numpy as np
 import pyarrow as pa
 
@@ -40,6 +39,7 @@ from fastulm.data.labels import check_labels, class_order, random_valid
 from fastulm.data.sources import RawRecord, Source, SourceOptions, open_source
 from fastulm.data.vocab import Vocab, check_specials, make_itos
 from fastulm.data.workers import WorkerPool, default_workers, run_here
+from fastulm.text.jit import kernel
 
 _BATCH_BYTES = 1 << 19
 _BATCH_DOCS = 512
@@ -74,7 +74,7 @@ def load_given_vocab(path) -> Vocab:
 # ---------------------------------------------------------------- numba kernels
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _count_first(src, doc_start, doc_len, perm, pos, counts, first):
     """Token counts over documents ``perm`` (in that order) and each token's first position
     in that order, counting from ``pos`` (first < 0 = not seen yet)."""
@@ -90,7 +90,7 @@ def _count_first(src, doc_start, doc_len, perm, pos, counts, first):
     return pos
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _gather_map(src, doc_start, doc_len, perm, lut, out, out_off):
     """Documents ``perm`` one after another in ``out``, each id ``t`` written as ``lut[t]``."""
     pos = 0

@@ -11,8 +11,10 @@ still adds its own version and the kernel's bytecode to the key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -30,10 +32,15 @@ _ROOT = Path(__file__).resolve().parents[1]  # the fastulm package
 
 
 def _file(name: str) -> Path | None:
-    """The source file of fastulm module or package `name` (found on disk, not imported)."""
+    """The source file of fastulm module or package `name`: where it was imported from, or
+    else found on disk (not imported). The first matters for fastulm.kernels, which lives in
+    the top-level kernels/ folder of a source tree."""
     parts = name.split(".")
     if parts[0] != "fastulm":
         return None
+    loaded = getattr(sys.modules.get(name), "__file__", None)
+    if loaded and loaded.endswith(".py"):
+        return Path(loaded)
     base = _ROOT.joinpath(*parts[1:])
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
@@ -122,6 +129,13 @@ class _Impl(CompileResultCacheImpl):
 
 class _Cache(FunctionCache):
     _impl_class = _Impl
+
+    def save_overload(self, sig, data) -> None:
+        """A cache that cannot be written (a full disk, a file size limit) costs the next
+        run a compile, not this run its work: numba would raise the OSError, with no file
+        named, from inside whatever called the kernel first."""
+        with contextlib.suppress(OSError):
+            super().save_overload(sig, data)
 
 
 def kernel(fn=None, **options):

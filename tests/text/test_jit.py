@@ -110,7 +110,40 @@ def test_sources_follow_the_imports():
     }
 
 
-def test_every_text_kernel_is_stamped():
-    """No module under fastulm/text caches a kernel with plain numba."""
-    for path in (PACKAGE / "text").glob("*.py"):
+def test_every_kernel_is_stamped():
+    """No fastulm module (fastulm.kernels included) caches a kernel with plain numba."""
+    import fastulm.kernels
+
+    folders = [PACKAGE, Path(fastulm.kernels.__file__).parent]
+    paths = [p for folder in folders for p in folder.rglob("*.py")]
+    assert len(paths) > 40
+    for path in paths:
         assert not re.search(r"\bnjit\(", path.read_text()) or path.name == "jit.py", path
+
+
+def test_a_kernel_in_fastulm_kernels_is_stamped_with_its_own_file():
+    """fastulm.kernels lives in the top-level kernels/ folder of a source tree: its stamp
+    is still its own file (not an empty list, which would never change)."""
+    import fastulm.kernels.weight_drop  # noqa: F401 (the module, for sys.modules)
+
+    found = {Path(p).resolve() for p in jit.sources("fastulm.kernels.weight_drop")}
+    assert {p.name for p in found} >= {"weight_drop.py", "dispatch.py", "jit.py"}
+    assert Path(sys.modules["fastulm.kernels.weight_drop"].__file__).resolve() in found
+
+
+def test_a_cache_that_cannot_be_written_costs_a_compile_not_the_run(tree):
+    """A full disk (here a file size limit) while numba saves a kernel: the kernel still
+    runs and returns its value; nothing is cached, so the next run compiles again."""
+    code = """
+import resource, signal, sys
+sys.dont_write_bytecode = True  # importlib would leave truncated .pyc files behind
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+import fastulm
+from fastulm.text import probe_kernels as k
+
+assert fastulm.__file__.startswith({root!r}), fastulm.__file__
+print(k.stamped(), len(k.stamped.stats.cache_hits))
+"""
+    assert _run(tree, code) == [1, 0]
+    assert _run(tree, RUN)[::2] == [1, 0]  # nothing was cached: compiled again
