@@ -9,6 +9,7 @@ corpus writer (pyarrow, the numba counting kernels).
 from __future__ import annotations
 
 import atexit
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -173,9 +174,14 @@ class WorkerPool:
         a queue. A child that dies, or runs out of memory, is one ChildProcessError."""
         from concurrent.futures.process import BrokenProcessPool
 
-        _worker_init(self.factory)
         pending: deque = deque()
+        tasks = iter(tasks)
         try:
+            # the children's first batches before the parent's own tokenizer: a child
+            # that is ready first (its start overlaps the parent's) starts at once
+            for task in itertools.islice(tasks, 4 * self.n_children):
+                pending.append((self._pool.submit(_worker_run, task), task))
+            _worker_init(self.factory)
             for task in tasks:
                 while pending and pending[0][0].done():
                     yield pending.popleft()[0].result()
