@@ -338,8 +338,9 @@ def _txt_names(folder: Path, flat: str | None = None) -> list[str]:
         entries = list(it)
     names = sorted(e.name for e in entries if is_text_name(e.name) and e.is_file())
     if flat:
-        for e in sorted(entries, key=lambda e: e.name):
-            if e.is_dir() and not e.name.startswith(".") and _holds_texts(Path(e.path)):
+        subdirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+        for e in sorted(subdirs, key=lambda e: e.name):
+            if _holds_texts(Path(e.path)):
                 raise DataError(nested_message(Path(e.path), flat))
     return names
 
