@@ -182,6 +182,27 @@ def test_runs_cut_at_slash_hash_backslash_equal_the_exact_path():
         assert toks == exact(text), text
 
 
+def test_max_runs_bounds_the_runs_scan_cuts():
+    """scan writes one slot per run without bounds checks: max_runs must never be short,
+    whatever mix of whitespace, separators, `/#\\` cuts and repeats a batch holds."""
+    import random
+
+    from fastulm.text.run_kernels import WS, WS_PAD, max_runs, scan
+    from fastulm.text.table import StringTable
+
+    rng = random.Random(3)
+    alphabet = ["a", "B", "/", "#", "\\", " ", "  ", "\n", "\x00", "é", "!", "\u3000", "\u2009"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
+    texts += ["/" * 50, "\x00" * 20, "a/" * 30, "/ " * 30, " /" * 30, "\x00/\x00/", "a b c"]
+    for text in texts:
+        arr = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+        room = 3 * len(arr) + 2  # a safe cap: at most three runs a character, and the end
+        table = StringTable()
+        table.reserve(room, len(arr))
+        kinds = scan(arr, WS, room, *table.arrays, table.n)[0]
+        assert len(kinds) <= max_runs(arr, WS_PAD), text
+
+
 def test_non_text_is_refused_clearly():
     with pytest.raises(TypeError, match="text 1 is a float"):
         Tokenizer().encode_batch(["ok", float("nan")])
