@@ -240,9 +240,7 @@ class StagedFolder:
         self._check = check
         if check is not None:
             check()
-        self.path = Path(path)
-        if self.path.name in ("", ".."):  # "." or "..": the temporary goes beside it, by name
-            self.path = Path(os.path.realpath(self.path))
+        self.path = named_path(path)  # the temporary goes beside it, by name
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # The folder above is locked too, so no other run's sweep sees our temporary between
         # its creation and its lock.
@@ -361,6 +359,13 @@ def _sweep(path: Path) -> bool:
                 finally:
                     unlock_folder(fd)
     return restored
+
+
+def named_path(path: str | os.PathLike) -> Path:
+    """``path``, resolved when it has no name of its own ("." or ".."), so that what goes
+    beside it (``.NAME.tmp-*``, ``.NAME.old-*``) can be named after it."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.name in ("", "..") else path
 
 
 def _umask() -> int:

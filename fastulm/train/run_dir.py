@@ -43,7 +43,14 @@ from typing import Any
 
 from torch import nn
 
-from fastulm.files import WriteError, atomic_write, check_replaceable, lock_folder, unlock_folder
+from fastulm.files import (
+    WriteError,
+    atomic_write,
+    check_replaceable,
+    lock_folder,
+    named_path,
+    unlock_folder,
+)
 from fastulm.run_reader import FORMAT
 from fastulm.weights import save_weights
 
@@ -223,9 +230,7 @@ def prepare_run_dir(
     a folder that is or holds one of the run's inputs (``sources``: the corpus, the encoder,
     pretrained weights), and a place that cannot be written: a probe file is created and
     removed, so a read-only or missing disk fails now, not after an epoch."""
-    run_dir = Path(run_dir)
-    if run_dir.name in ("", ".."):
-        run_dir = Path(os.path.realpath(run_dir))
+    run_dir = named_path(run_dir)  # its earlier run is set aside beside it, by name
     if run_dir.parent.is_dir():
         _recover_earlier(run_dir)
     prepared = PreparedRun(run_dir)
