@@ -247,7 +247,7 @@ COMPILED = _compile()
 # ---------------------------------------------------------------------------- matching
 
 
-@kernel
+@kernel(allocates=False)
 def _match_at(a, lo, hi, i, alts, row, body, cls):
     """Length of alternative alts[row] matched at a[i] within the string a[lo:hi], or -1."""
     lb1, lb2, la, nla = alts[row, 0], alts[row, 1], alts[row, 2], alts[row, 3]
@@ -275,7 +275,7 @@ def _match_at(a, lo, hi, i, alts, row, body, cls):
     return j - i
 
 
-@kernel
+@kernel(allocates=False)
 def prefix_len(a, lo, hi, alts, start, flat, body, cls):
     if hi <= lo:
         return 0
@@ -287,7 +287,7 @@ def prefix_len(a, lo, hi, alts, start, flat, body, cls):
     return 0
 
 
-@kernel
+@kernel(allocates=False)
 def suffix_len(a, lo, hi, alts, start, flat, max_fixed, body, cls):
     """The suffix `re.search` finds: the leftmost start from which some alternative reaches
     the end, so the longest such match. Only the alternatives that can end with a[hi-1]
@@ -317,7 +317,7 @@ def suffix_len(a, lo, hi, alts, start, flat, max_fixed, body, cls):
     return best
 
 
-@kernel
+@kernel(allocates=False)
 def infixes(a, lo, hi, alts, start, flat, body, cls, out):
     """Infix matches in a[lo:hi] as `finditer` finds them: (start, end) pairs in `out`,
     their number returned."""
@@ -374,7 +374,7 @@ def _alnum(c):
     return 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122
 
 
-@kernel
+@kernel(allocates=False)
 def _domain(a, h, p):
     """Whether a[h:p] is `(?:(?:[A-Za-z0-9][A-Za-z0-9_-]{0,62})?[A-Za-z0-9]\\.)+[a-z]{2,63}`."""
     d = p - 1  # the last dot
@@ -397,7 +397,7 @@ def _domain(a, h, p):
     return True
 
 
-@kernel
+@kernel(allocates=False)
 def url_match(a, lo, hi):
     """spaCy's URL pattern on a[lo:hi], for ASCII without whitespace or `/` and with at
     most two dots (no IPv4 host): 1 match, 0 none, -1 not decided here."""
@@ -447,6 +447,12 @@ def split_runs(ents, key_start, a, cls, pre_pat, suf_pat, inf_pat, spec, spec_va
     s_alts, s_start, s_flat, s_max, s_body = suf_pat
     i_alts, i_start, i_flat, _im, i_body = inf_pat
     sv_off, sv_ids = spec_val
+    # each table's arrays by name: a call given `*tok` builds a tuple of five arrays, and
+    # numba counts references to each with atomic instructions at every such call (a
+    # third of this kernel's time)
+    t_slots, t_hash, t_start, t_pool, t_low = tok
+    w_slots, w_hash, w_start, w_pool, w_low = words
+    k_slots, k_hash, k_start, k_pool, k_low = spec
     pat_start, pat_list, pat_off, pat_ids = pats
     edge_first, edge_last = link_edges
     n_runs = len(ents)
@@ -475,17 +481,25 @@ def split_runs(ents, key_start, a, cls, pre_pat, suf_pat, inf_pat, spec, spec_va
         n_suf = 0
         last = -1
         while e > s and e - s != last:
-            if lookup(a, s, e, *spec) >= 0 or _letters(a, s, e):
+            if lookup(a, s, e, k_slots, k_hash, k_start, k_pool, k_low) >= 0 or _letters(a, s, e):
                 break
             last = e - s
             p = prefix_len(a, s, e, p_alts, p_start, p_flat, p_body, cls)
-            if p and e > s + p and lookup(a, s + p, e, *spec) >= 0:
+            if (
+                p
+                and e > s + p
+                and lookup(a, s + p, e, k_slots, k_hash, k_start, k_pool, k_low) >= 0
+            ):
                 pre[n_pre, 0], pre[n_pre, 1] = s, s + p
                 n_pre += 1
                 s += p
                 break
             q = suffix_len(a, s + p, e, s_alts, s_start, s_flat, s_max, s_body, cls)
-            if q and e - q > s and lookup(a, s, e - q, *spec) >= 0:
+            if (
+                q
+                and e - q > s
+                and lookup(a, s, e - q, k_slots, k_hash, k_start, k_pool, k_low) >= 0
+            ):
                 suf[n_suf, 0], suf[n_suf, 1] = e - q, e
                 n_suf += 1
                 e -= q
@@ -509,7 +523,7 @@ def split_runs(ents, key_start, a, cls, pre_pat, suf_pat, inf_pat, spec, spec_va
         special = -1
         n_inf = -1  # -1: the core is one token
         if e > s:
-            special = lookup(a, s, e, *spec)
+            special = lookup(a, s, e, k_slots, k_hash, k_start, k_pool, k_low)
             if special < 0 and not _letters(a, s, e):
                 dot = False
                 for j in range(s, e):
@@ -525,14 +539,16 @@ def split_runs(ents, key_start, a, cls, pre_pat, suf_pat, inf_pat, spec, spec_va
                     n_inf = infixes(a, s, e, i_alts, i_start, i_flat, i_body, cls, inf)
         o0 = o
         for k in range(n_pre):
-            out[o], n_tok = intern(a, pre[k, 0], pre[k, 1], n_tok, *tok)
+            out[o], n_tok = intern(
+                a, pre[k, 0], pre[k, 1], n_tok, t_slots, t_hash, t_start, t_pool, t_low
+            )
             o += 1
         if special >= 0:
             for k in range(sv_off[special], sv_off[special + 1]):
                 out[o] = sv_ids[k]
                 o += 1
         elif e > s and n_inf <= 0:
-            out[o], n_tok = intern(a, s, e, n_tok, *tok)
+            out[o], n_tok = intern(a, s, e, n_tok, t_slots, t_hash, t_start, t_pool, t_low)
             o += 1
         elif e > s:
             start = s
@@ -541,16 +557,20 @@ def split_runs(ents, key_start, a, cls, pre_pat, suf_pat, inf_pat, spec, spec_va
                 if i0 == s:  # an infix at the very start is ignored, as in spaCy
                     continue
                 if i0 != start:
-                    out[o], n_tok = intern(a, start, i0, n_tok, *tok)
+                    out[o], n_tok = intern(
+                        a, start, i0, n_tok, t_slots, t_hash, t_start, t_pool, t_low
+                    )
                     o += 1
-                out[o], n_tok = intern(a, i0, i1, n_tok, *tok)
+                out[o], n_tok = intern(a, i0, i1, n_tok, t_slots, t_hash, t_start, t_pool, t_low)
                 o += 1
                 start = i1
             if start < e:
-                out[o], n_tok = intern(a, start, e, n_tok, *tok)
+                out[o], n_tok = intern(a, start, e, n_tok, t_slots, t_hash, t_start, t_pool, t_low)
                 o += 1
         for k in range(n_suf - 1, -1, -1):
-            out[o], n_tok = intern(a, suf[k, 0], suf[k, 1], n_tok, *tok)
+            out[o], n_tok = intern(
+                a, suf[k, 0], suf[k, 1], n_tok, t_slots, t_hash, t_start, t_pool, t_low
+            )
             o += 1
         # the final pass: any multi-token special case among the tokens goes to Python
         hit = False
@@ -579,7 +599,7 @@ def split_runs(ents, key_start, a, cls, pre_pat, suf_pat, inf_pat, spec, spec_va
         while j < e0 and _word_char(a[j]):
             j += 1
         if j > s0:
-            w, n_word = intern(a, s0, j, n_word, *words)
+            w, n_word = intern(a, s0, j, n_word, w_slots, w_hash, w_start, w_pool, w_low)
             stem[r] = w
             if j == e0:
                 wid[r] = w

@@ -26,7 +26,7 @@ FNV_OFFSET = np.uint64(14695981039346656037)  # FNV-1a
 FNV_PRIME = np.uint64(1099511628211)
 
 
-@kernel
+@kernel(allocates=False)
 def fnv(arr, s, e):
     h = FNV_OFFSET
     for i in range(s, e):
@@ -64,7 +64,7 @@ def slot_value(h, lower, k):
     return (np.int64(h >> np.uint64(34)) << 33) | (np.int64(lower) << 32) | np.int64(k)
 
 
-@kernel
+@kernel(allocates=False)
 def probe(arr, s, e, h, lower, slots, ent_hash, key_start, key_pool, key_low):
     """Entry of arr[s:e] (ASCII-lowercased if `lower`) in the table, or -(slot + 1) for the
     empty slot to use. Lowercased keys and raw keys live apart (`key_low`)."""
@@ -92,7 +92,7 @@ def probe(arr, s, e, h, lower, slots, ent_hash, key_start, key_pool, key_low):
         j = (j + 1) & mask
 
 
-@kernel
+@kernel(allocates=False)
 def intern(arr, s, e, n, slots, ent_hash, key_start, key_pool, key_low):
     """Entry of arr[s:e], added as entry n when new. Returns (entry, entries now)."""
     h = fnv(arr, s, e)
@@ -100,7 +100,8 @@ def intern(arr, s, e, n, slots, ent_hash, key_start, key_pool, key_low):
     if k >= 0:
         return k, n
     ks = key_start[n]
-    key_pool[ks : ks + e - s] = arr[s:e]
+    for i in range(e - s):  # a loop: a slice copy needs numba's runtime (see kernel)
+        key_pool[ks + i] = arr[s + i]
     key_start[n + 1] = ks + e - s
     ent_hash[n] = h
     key_low[n] = False
@@ -108,7 +109,7 @@ def intern(arr, s, e, n, slots, ent_hash, key_start, key_pool, key_low):
     return n, n + 1
 
 
-@kernel
+@kernel(allocates=False)
 def lookup(arr, s, e, slots, ent_hash, key_start, key_pool, key_low):
     """Entry of arr[s:e], or -1."""
     k = probe(arr, s, e, fnv(arr, s, e), False, slots, ent_hash, key_start, key_pool, key_low)
