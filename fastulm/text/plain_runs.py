@@ -48,6 +48,10 @@ class PlainRuns:
         self.last_two = {(two(a), two(b)) for a, b in LAST_TWO}
         self.by_first, self.by_last = set(first), set(last)
         self.link_memo: tuple[dict, dict] = ({}, {})
+        # the same memo as arrays for the commonest key, a run of several tokens whose edge
+        # pair starts (ends) no two-token part: by its first (last) token id, -1 unknown
+        self.edge_memo = (np.full(0, -1, np.int32), np.full(0, -1, np.int32))
+        self.two_keys = (_pair_keys(self.first_two), _pair_keys(self.last_two))
         self.extra = max((len(v) - 1 for v in SPECIALS.values()), default=0)
         self.tokens = StringTable(store.tokens)
         self.words = StringTable()
@@ -76,9 +80,9 @@ class PlainRuns:
         done = status == 0
         start = store.append_ids(ids)
         links = np.zeros((len(ents), 2), np.int32)
-        rows = np.flatnonzero(edge & done).tolist()
-        if rows:
-            links[rows] = self._links(ids.tolist(), off.tolist(), rows)
+        rows = np.flatnonzero(edge & done)
+        if len(rows):
+            links[rows] = self._edge_links(ids, off, rows)
         # no rule-made spaces: the same ids before the final pass
         store.set_values(
             ents[done], start + off[:-1][done], np.diff(off)[done],
@@ -86,6 +90,37 @@ class PlainRuns:
             wstem=stem[done], link_first=links[done, 0], link_last=links[done, 1],
         )  # fmt: skip
         return done
+
+    def _edge_links(self, ids: np.ndarray, off: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """_links of `rows` as an [n, 2] array: runs of several tokens whose edge pairs
+        start (end) no two-token part, 99.9% of them, from the memo arrays in numpy; the
+        others, and the first run with each edge token, through _links."""
+        a, b = off[rows], off[rows + 1]
+        first, last = ids[a], ids[b - 1]
+        several = b - a > 1
+        second, before = ids[np.minimum(a + 1, b - 1)], ids[np.maximum(b - 2, a)]
+        plain = several & ~_among(_pack(first, second), self.two_keys[0])
+        plain &= ~_among(_pack(before, last), self.two_keys[1])
+        n_tok = len(self.store.tokens)
+        if len(self.edge_memo[0]) < n_tok:
+            self.edge_memo = tuple(grown_filled(m, 2 * n_tok, -1) for m in self.edge_memo)
+        rmemo, lmemo = self.edge_memo
+        # a side whose edge token starts (ends) no part at all has the empty set, 0
+        starts, ends = self.edges
+        out = np.stack(
+            (
+                np.where(_member(first, starts), rmemo[first], 0),
+                np.where(_member(last, ends), lmemo[last], 0),
+            ),
+            axis=1,
+        )
+        slow = np.flatnonzero(~plain | (out[:, 0] < 0) | (out[:, 1] < 0))
+        if len(slow):
+            out[slow] = self._links(ids.tolist(), off.tolist(), rows[slow].tolist())
+            known = slow[plain[slow]]  # the memo's keys (1, first) and (1, last)
+            rmemo[first[known]] = out[known, 0]
+            lmemo[last[known]] = out[known, 1]
+        return out
 
     def _links(self, ids: list[int], off: list[int], rows: list[int]) -> list[tuple[int, int]]:
         """LinkIds.ids of the runs ids[off[r]:off[r+1]], memoized on token ids."""
@@ -117,3 +152,36 @@ class PlainRuns:
                 rmemo[rkey], lmemo[lkey] = rid, lid
             out.append((rid, lid))
         return out
+
+
+def _pack(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pairs of token ids as one int64 each."""
+    return (x.astype(np.int64) << 32) | y.astype(np.int64)
+
+
+def _member(tok: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """flags[tok], False past its end."""
+    inside = tok < len(flags)
+    return inside & flags[np.where(inside, tok, 0)] if len(flags) else inside
+
+
+def _among(x: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each x is in the sorted ``keys`` (np.isin costs 0.1 ms a call on small arrays)."""
+    if not len(keys):
+        return np.zeros(len(x), np.bool_)
+    at = np.minimum(np.searchsorted(keys, x), len(keys) - 1)
+    return keys[at] == x
+
+
+def _pair_keys(pairs: set[tuple[int, int]]) -> np.ndarray:
+    if not pairs:
+        return np.zeros(0, np.int64)
+    x, y = (np.array(v, np.int64) for v in zip(*sorted(pairs)))
+    return _pack(x, y)
+
+
+def grown_filled(a: np.ndarray, cap: int, fill: int) -> np.ndarray:
+    """``a`` with room for ``cap`` elements, the new ones set to ``fill``."""
+    new = np.full(cap, fill, a.dtype)
+    new[: len(a)] = a
+    return new

@@ -217,3 +217,39 @@ def test_importing_the_rules_or_the_vocab_loads_no_numba():
         "assert 'numba' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_edge_links_equal_the_link_ids_of_each_runs_tokens():
+    """PlainRuns._edge_links (memo arrays by edge token, in numpy) gives every run the link
+    ids LinkIds.ids gives its tokens; runs of one token, runs whose edge pair starts or ends
+    a two-token part, and edge tokens seen for the first time take the memoized path."""
+    from fastulm.text.links import BY_FIRST, BY_LAST, FIRST_TWO, LAST_TWO
+    from fastulm.text.plain_runs import PlainRuns
+    from fastulm.text.run_store import RunStore
+
+    rng = np.random.default_rng(0)
+    edge = sorted(set(BY_FIRST) | set(BY_LAST))
+    pairs = sorted(set(FIRST_TWO) | set(LAST_TWO))
+    words = ["movie", "film", "the", "a", "it", "1990", "x"]
+    runs = []
+    for _ in range(3000):
+        kind = rng.integers(4)
+        if kind == 0:  # a pair that starts or ends a two-token part, padded on one side
+            toks = list(pairs[rng.integers(len(pairs))])
+            if rng.integers(2):
+                toks.insert(0 if rng.integers(2) else len(toks), words[rng.integers(7)])
+        else:
+            n = int(rng.integers(1, 4))
+            pool = edge if kind == 1 else words + edge[:20]
+            toks = [pool[rng.integers(len(pool))] for _ in range(n)]
+        runs.append(toks)
+    store = RunStore()
+    plain = PlainRuns(store)
+    for half in (runs[:1500], runs[1500:], runs[:1500]):  # the memo empty, partly filled, full
+        ids = np.array([store.token_id(t) for toks in half for t in toks], np.int32)
+        off = np.zeros(len(half) + 1, np.int64)
+        np.cumsum([len(toks) for toks in half], out=off[1:])
+        rows = np.arange(len(half))
+        got = plain._edge_links(ids, off, rows)
+        want = [store.links.ids(toks) for toks in half]
+        assert got.tolist() == [list(w) for w in want]
